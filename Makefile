@@ -1,0 +1,42 @@
+# The two commands a new machine needs: `make run` and `make test`. Both set up everything.
+
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+PORT    ?= 8000
+WORKERS ?= 2
+export PORT WORKERS
+
+# A private Redis is started unless REDIS_URL names one to use.
+ifdef REDIS_URL
+FORMATION := worker=$(WORKERS),redis=0
+else
+FORMATION := worker=$(WORKERS)
+endif
+
+.PHONY: run test setup lint bench clean
+
+run: $(VENV)/.run-deps
+	@mkdir -p var
+	$(BIN)/python manage.py migrate --noinput -v 0
+	@echo "Starting on http://127.0.0.1:$(PORT)/ with $(WORKERS) worker(s); Ctrl-C stops everything."
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile -c $(FORMATION)
+
+test: $(VENV)/.dev-deps
+	@scripts/ensure-chromium
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+setup: $(VENV)/.dev-deps
+
+$(VENV)/.run-deps: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-deps: requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
+	touch $@ $(VENV)/.run-deps
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,45 @@
+from django.contrib import admin, messages
+from django.db.models import F
+
+from fanout.admission import enqueue_fanout
+from fanout.models import Fanout
+
+
+@admin.register(Fanout)
+class FanoutAdmin(admin.ModelAdmin):
+    list_display = [
+        "tweet_id", "author", "state", "delivered", "recipients", "attempts", "enqueued_at", "wait", "duration",
+        "finished_at",
+    ]
+    list_filter = ["state", "created_at"]
+    search_fields = ["tweet__author__username", "=tweet__id", "last_error"]
+    list_select_related = ["tweet__author"]
+    readonly_fields = [f.name for f in Fanout._meta.fields] + ["wait", "duration"]
+    date_hierarchy = "created_at"
+    ordering = ["-created_at"]
+    actions = ["requeue"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.display(ordering="tweet__author__username")
+    def author(self, fanout: Fanout) -> str:
+        return fanout.tweet.author.username
+
+    @admin.display(description="waited in queue")
+    def wait(self, fanout: Fanout):
+        if fanout.enqueued_at and fanout.started_at:
+            return fanout.started_at - fanout.enqueued_at
+        return None
+
+    @admin.display(description="ran for", ordering=F("finished_at") - F("started_at"))
+    def duration(self, fanout: Fanout):
+        return fanout.duration
+
+    @admin.action(description="Queue the fan-out again (it is idempotent)")
+    def requeue(self, request, queryset) -> None:
+        count = 0
+        for fanout in queryset.exclude(state=Fanout.State.DONE):
+            enqueue_fanout(fanout.tweet_id)
+            count += 1
+        self.message_user(request, f"Queued {count} fan-out(s) again.", messages.SUCCESS)

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class FanoutConfig(AppConfig):
+    name = "fanout"
+    verbose_name = "Fan-out"

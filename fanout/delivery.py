@@ -1,0 +1,75 @@
+"""Delivering a tweet into its author's followers' home timelines.
+
+The job may run more than once for one tweet (a retry after a crash, the relay re-enqueueing a
+row whose first enqueue it could not confirm): every step is idempotent. Timeline writes are
+set insertions, and the counts are recomputed from zero by each run rather than incremented.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from django.conf import settings
+from django.db.models import F
+from django.utils import timezone
+
+from fanout import timelines
+from fanout.models import Fanout
+from timeline.models import Follow
+
+logger = logging.getLogger(__name__)
+
+
+def follower_id_batches(author_id: int, *, batch_size: int) -> Iterator[list[int]]:
+    """The author's follower ids in ascending batches, by keyset (never OFFSET, which rescans)."""
+    last = 0
+    while True:
+        batch = list(
+            Follow.objects.filter(followee_id=author_id, follower_id__gt=last)
+            .order_by("follower_id")
+            .values_list("follower_id", flat=True)[:batch_size]
+        )
+        if not batch:
+            return
+        yield batch
+        if len(batch) < batch_size:
+            return
+        last = batch[-1]
+
+
+def deliver_tweet(*, tweet_id: int) -> None:
+    try:
+        fanout = Fanout.objects.select_related("tweet").get(pk=tweet_id)
+    except Fanout.DoesNotExist:
+        logger.info("tweet %s is gone; nothing to deliver", tweet_id)
+        return
+    if fanout.state == Fanout.State.DONE:
+        return
+    author_id = fanout.tweet.author_id
+    recipients = Follow.objects.filter(followee_id=author_id).count()
+    Fanout.objects.filter(pk=tweet_id).update(
+        state=Fanout.State.RUNNING,
+        attempts=F("attempts") + 1,
+        started_at=timezone.now(),
+        finished_at=None,
+        recipients=recipients,
+        delivered=0,
+    )
+    delivered = 0
+    try:
+        for batch in follower_id_batches(author_id, batch_size=settings.FANOUT_BATCH_SIZE):
+            timelines.add(tweet_id=tweet_id, user_ids=batch)
+            delivered += len(batch)
+            recipients = max(recipients, delivered)
+            Fanout.objects.filter(pk=tweet_id).update(delivered=delivered, recipients=recipients)
+    except Exception as exc:
+        Fanout.objects.filter(pk=tweet_id).update(
+            state=Fanout.State.FAILED, last_error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=timezone.now()
+        )
+        raise
+    # Follows made or removed while the job ran make the first count approximate; what was
+    # delivered is the true number of recipients.
+    Fanout.objects.filter(pk=tweet_id).update(
+        state=Fanout.State.DONE, delivered=delivered, recipients=delivered, finished_at=timezone.now(), last_error=""
+    )

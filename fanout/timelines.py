@@ -1,0 +1,108 @@
+"""Home timelines in Redis: one sorted set per user, ``tl:home:<user_id>``.
+
+Score and member are both the tweet id, so the set is in posting order and a tweet added twice
+is still there once: delivery is at-least-once, and this makes it idempotent. Each set is
+capped at ``TIMELINE_CAP`` entries (older pages come from the database).
+
+A timeline that is not in Redis is not empty, it is *not materialized*: it is rebuilt from the
+database on the next read. Every materialized set therefore holds a sentinel member ``"0"``
+with score 0, created *before* the rebuild reads the database. Fan-out only writes into sets
+that exist, which closes the race with a rebuild in flight: either the fan-out sees the
+sentinel and adds its tweet, or it ran before the sentinel was made, hence before the rebuild's
+query, which then sees the committed tweet. Readers ask for scores above 0 and never see it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from django.conf import settings
+from django_rq import get_connection
+from redis import Redis
+
+SENTINEL = b"0"
+# A rebuild that dies between making the sentinel and filling the set must not leave a
+# half-built timeline forever: until it finishes, the set expires after this many seconds.
+REBUILD_TTL_SECONDS = 60
+
+# Adds ARGV[1] to every timeline in KEYS that exists, then trims each to ARGV[2] tweets.
+# Rank 0 is the sentinel (score 0), so the trim keeps it and drops the oldest tweets.
+_ADD_SCRIPT = """
+local added = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('ZADD', key, ARGV[1], ARGV[1])
+    redis.call('ZREMRANGEBYRANK', key, 1, -(tonumber(ARGV[2]) + 1))
+    added = added + 1
+  end
+end
+return added
+"""
+
+# Merges the tweet ids in ARGV[2..] into KEYS[1] if it still exists (a follow or unfollow
+# may have dropped it meanwhile: then the rebuilt list is stale and must not be written),
+# trims it to ARGV[1] tweets, and makes it permanent.
+_MERGE_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i])
+end
+redis.call('ZREMRANGEBYRANK', KEYS[1], 1, -(tonumber(ARGV[1]) + 1))
+redis.call('PERSIST', KEYS[1])
+return 1
+"""
+
+
+def key(user_id: int) -> str:
+    return f"tl:home:{user_id}"
+
+
+def connection() -> Redis:
+    return get_connection("fanout")
+
+
+def add(*, tweet_id: int, user_ids: Sequence[int], redis: Redis | None = None) -> int:
+    """Add a tweet to the materialized timelines among ``user_ids``; returns how many."""
+    if not user_ids:
+        return 0
+    redis = redis or connection()
+    script = redis.register_script(_ADD_SCRIPT)
+    return int(script(keys=[key(u) for u in user_ids], args=[tweet_id, settings.TIMELINE_CAP]))
+
+
+def is_materialized(user_id: int, *, redis: Redis | None = None) -> bool:
+    return bool((redis or connection()).exists(key(user_id)))
+
+
+def begin_rebuild(user_id: int, *, redis: Redis | None = None) -> None:
+    redis = redis or connection()
+    with redis.pipeline() as pipe:
+        pipe.zadd(key(user_id), {SENTINEL: 0}, nx=True)
+        pipe.expire(key(user_id), REBUILD_TTL_SECONDS, nx=True)
+        pipe.execute()
+
+
+def finish_rebuild(user_id: int, tweet_ids: Iterable[int], *, redis: Redis | None = None) -> bool:
+    redis = redis or connection()
+    script = redis.register_script(_MERGE_SCRIPT)
+    return bool(script(keys=[key(user_id)], args=[settings.TIMELINE_CAP, *tweet_ids]))
+
+
+def invalidate(user_ids: Iterable[int], *, redis: Redis | None = None) -> None:
+    keys = [key(u) for u in user_ids]
+    if keys:
+        (redis or connection()).delete(*keys)
+
+
+def page(
+    user_id: int, *, limit: int, before: int | None = None, after: int | None = None, redis: Redis | None = None
+) -> tuple[list[int], int]:
+    """Tweet ids newest first with ``after < id < before``, and the set's size (sentinel excluded)."""
+    redis = redis or connection()
+    high = f"({before}" if before is not None else "+inf"
+    low = f"({max(after or 0, 0)}"
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.zrevrangebyscore(key(user_id), high, low, start=0, num=limit)
+        pipe.zcard(key(user_id))
+        ids, size = pipe.execute()
+    return [int(i) for i in ids], max(size - 1, 0)

@@ -1,0 +1,230 @@
+"""The JSON API. Each view checks access, calls a service or selector, and shapes the answer.
+
+Errors all look alike: ``{"error": {"code", "message", "fields"}}``. An anonymous call gets
+401, never a redirect to the login page, because the caller is a program.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.contrib.auth import authenticate, get_user_model, login, logout
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.csrf import csrf_failure as html_csrf_failure
+from django.views.decorators.csrf import ensure_csrf_cookie
+
+from timeline import selectors, services
+from timeline.forms import SignupForm, TweetForm
+from timeline.payloads import fanout_payload, tweet_payload, user_payload
+
+User = get_user_model()
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, fields: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.fields = status, code, message, fields or {}
+
+
+def error_response(status: int, code: str, message: str, fields: dict[str, str] | None = None) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "message": message, "fields": fields or {}}}, status=status)
+
+
+def _fields(errors: dict[str, list[str]]) -> dict[str, str]:
+    return {name: " ".join(str(m) for m in messages) for name, messages in errors.items()}
+
+
+def invalid(errors: dict[str, list[str]]) -> ApiError:
+    return ApiError(400, "invalid", "Some fields need another look.", _fields(errors))
+
+
+def api_view(*methods: str, login_required: bool = True) -> Callable:
+    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in methods:
+                response = error_response(405, "method_not_allowed", f"Use {' or '.join(methods)}.")
+                response["Allow"] = ", ".join(methods)
+                return response
+            if login_required and not request.user.is_authenticated:
+                return error_response(401, "unauthenticated", "Log in first.")
+            try:
+                return view(request, *args, **kwargs)
+            except ApiError as exc:
+                return error_response(exc.status, exc.code, exc.message, exc.fields)
+            except ValidationError as exc:
+                return error_response(400, "invalid", "Some fields need another look.", _fields(_error_dict(exc)))
+
+        return wrapper
+
+    return decorate
+
+
+def _error_dict(exc: ValidationError) -> dict[str, list[str]]:
+    return exc.message_dict if hasattr(exc, "error_dict") else {"__all__": exc.messages}
+
+
+def json_body(request: HttpRequest, *fields: str) -> dict[str, str]:
+    """The request's JSON object, with each named field a string (absent ones left out)."""
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "Send JSON with Content-Type: application/json.")
+    try:
+        data = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "bad_json", "The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", "The body must be a JSON object.")
+    wrong = {name: "Must be a string." for name in fields if name in data and not isinstance(data[name], str)}
+    if wrong:
+        raise ApiError(400, "invalid", "Some fields need another look.", wrong)
+    return {name: data[name] for name in fields if name in data}
+
+
+def query_int(request: HttpRequest, name: str, *, default: int | None = None, low: int = 1, high: int | None = None):
+    raw = request.GET.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "invalid", f"{name} must be a whole number.", {name: "Must be a whole number."}) from None
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise ApiError(400, "invalid", f"{name} must be {bounds}.", {name: f"Must be {bounds}."})
+    return value
+
+
+def _user_or_404(username: str):
+    try:
+        return User.objects.get(username=username)
+    except User.DoesNotExist:
+        raise ApiError(404, "not_found", f"There is no user called {username}.") from None
+
+
+def _page_payload(page: selectors.Page) -> dict[str, Any]:
+    return {"tweets": [tweet_payload(t) for t in page.tweets], "next_before": page.next_before}
+
+
+# -- auth ---------------------------------------------------------------------------------------
+
+
+@api_view("GET", login_required=False)
+@ensure_csrf_cookie
+def csrf(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"ok": True})
+
+
+@api_view("POST", login_required=False)
+def signup(request: HttpRequest) -> HttpResponse:
+    form = SignupForm(json_body(request, "username", "password"))
+    if not form.is_valid():
+        raise invalid(form.errors)
+    try:
+        user = services.user_signup(**form.cleaned_data)
+    except IntegrityError:  # the same name, taken a moment ago by a concurrent signup
+        raise invalid({"username": ["A user with that username already exists."]}) from None
+    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    return JsonResponse({"user": user_payload(user)}, status=201)
+
+
+@api_view("POST", login_required=False)
+def login_view(request: HttpRequest) -> HttpResponse:
+    form = SignupForm(json_body(request, "username", "password"))
+    if not form.is_valid():
+        raise invalid(form.errors)
+    user = authenticate(request, **form.cleaned_data)
+    if user is None:
+        raise ApiError(400, "bad_credentials", "That username and password do not match.")
+    login(request, user)
+    return JsonResponse({"user": user_payload(user)})
+
+
+@api_view("POST", login_required=False)
+def logout_view(request: HttpRequest) -> HttpResponse:
+    logout(request)
+    return JsonResponse({"ok": True})
+
+
+# -- tweets and timelines -----------------------------------------------------------------------
+
+
+@api_view("POST")
+def tweets(request: HttpRequest) -> HttpResponse:
+    form = TweetForm(json_body(request, "body", "client_id"))
+    if not form.is_valid():
+        raise invalid(form.errors)
+    result = services.tweet_create(author=request.user, **form.cleaned_data)
+    tweet = selectors.tweet_with_fanout(tweet_id=result.tweet.pk)
+    body = {"tweet": tweet_payload(tweet), "fanout": fanout_payload(tweet.fanout)}
+    return JsonResponse(body, status=202 if result.created else 200)
+
+
+@api_view("GET")
+def tweet_detail(request: HttpRequest, tweet_id: int) -> HttpResponse:
+    try:
+        tweet = selectors.tweet_with_fanout(tweet_id=tweet_id)
+    except selectors.Tweet.DoesNotExist:
+        raise ApiError(404, "not_found", f"There is no tweet {tweet_id}.") from None
+    return JsonResponse({"tweet": tweet_payload(tweet), "fanout": fanout_payload(tweet.fanout)})
+
+
+@api_view("GET")
+def home_timeline(request: HttpRequest) -> HttpResponse:
+    page = selectors.home_timeline(
+        user=request.user,
+        limit=query_int(request, "limit", default=selectors.DEFAULT_PAGE_SIZE, high=selectors.MAX_PAGE_SIZE),
+        before=query_int(request, "before"),
+        after=query_int(request, "after", low=0),
+    )
+    return JsonResponse(_page_payload(page))
+
+
+# -- users and follows --------------------------------------------------------------------------
+
+
+@api_view("GET")
+def user_detail(request: HttpRequest, username: str) -> HttpResponse:
+    user = _user_or_404(username)
+    profile = selectors.user_profile(username=user.username, viewer=request.user)
+    return JsonResponse(
+        {
+            "user": user_payload(profile.user),
+            "followers": profile.followers,
+            "following": profile.following,
+            "followed_by_me": profile.followed_by_me,
+        }
+    )
+
+
+@api_view("GET")
+def user_tweets(request: HttpRequest, username: str) -> HttpResponse:
+    page = selectors.user_tweets(
+        author=_user_or_404(username),
+        limit=query_int(request, "limit", default=selectors.DEFAULT_PAGE_SIZE, high=selectors.MAX_PAGE_SIZE),
+        before=query_int(request, "before"),
+    )
+    return JsonResponse(_page_payload(page))
+
+
+@api_view("POST", "DELETE")
+def follow(request: HttpRequest, username: str) -> HttpResponse:
+    followee = _user_or_404(username)
+    if followee.pk == request.user.pk:
+        raise ApiError(400, "self_follow", "You cannot follow yourself.")
+    if request.method == "DELETE":
+        services.follow_delete(follower=request.user, followee=followee)
+        return HttpResponse(status=204)
+    services.follow_create(follower=request.user, followee=followee)
+    return user_detail.__wrapped__(request, username)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF rejections as JSON for API callers, Django's page for browsers."""
+    if request.path.startswith("/api/"):
+        return error_response(403, "csrf_failed", f"CSRF check failed: {reason} Send the csrftoken cookie's value in X-CSRFToken.")
+    return html_csrf_failure(request, reason=reason)

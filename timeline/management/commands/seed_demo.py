@@ -1,0 +1,85 @@
+"""Demo data: a few people who follow each other, a staff user, and one popular account.
+
+Idempotent: users are found or made, tweets carry fixed client_ids (so posting them again
+finds the same tweets), and passwords are reset to the printed demo ones each run.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from timeline import services
+from timeline.models import Follow
+
+User = get_user_model()
+
+DEMO_NAMESPACE = uuid.UUID("5b0c2b8e-6a52-4c41-9d56-0d1f3f5e1a10")
+PEOPLE = {
+    "alice": "alice-demo-pass",
+    "bob": "bob-demo-pass",
+    "carol": "carol-demo-pass",
+    "dave": "dave-demo-pass",
+}
+STAFF = ("admin", "admin-demo-pass")
+POPULAR = ("celebrity", "celebrity-demo-pass")
+FOLLOWS = [
+    ("alice", "bob"), ("alice", "carol"), ("alice", "celebrity"),
+    ("bob", "alice"), ("bob", "celebrity"),
+    ("carol", "alice"), ("carol", "bob"), ("carol", "celebrity"),
+    ("dave", "alice"), ("dave", "celebrity"),
+]
+TWEETS = {
+    "alice": ["Hello, timeline!", "Queues turn spikes into waits; caps turn waits into answers."],
+    "bob": ["Little's law: L = lambda x W. Measure two, get the third."],
+    "carol": ["At-least-once plus idempotency is exactly-once where it matters."],
+    "dave": ["Back pressure is a feature, not an error."],
+    "celebrity": ["Thanks for following, all of you!"],
+}
+
+
+class Command(BaseCommand):
+    help = "Create (or refresh) idempotent demo users, follows and tweets."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--fans", type=int, default=1000, help="Followers of the popular account.")
+
+    def handle(self, *args, fans: int, **options):
+        with transaction.atomic():
+            users = {name: self._user(name, password) for name, password in {**PEOPLE, POPULAR[0]: POPULAR[1]}.items()}
+            staff = self._user(*STAFF, staff=True)
+            for follower, followee in FOLLOWS:
+                Follow.objects.get_or_create(follower=users[follower], followee=users[followee])
+            self._fans(users[POPULAR[0]], fans)
+        for name, bodies in TWEETS.items():
+            for i, body in enumerate(bodies):
+                client_id = uuid.uuid5(DEMO_NAMESPACE, f"{name}/{i}")
+                services.tweet_create(author=users[name], body=body, client_id=client_id)
+
+        self.stdout.write(self.style.SUCCESS("Demo data ready. Log in as:"))
+        for name, password in [*PEOPLE.items(), POPULAR]:
+            self.stdout.write(f"  {name:<10} {password}")
+        self.stdout.write(f"  {STAFF[0]:<10} {STAFF[1]}   (staff: /admin/)")
+        self.stdout.write(f"  {POPULAR[0]} has {fans} extra followers (fan0000...), to watch a large fan-out.")
+
+    def _user(self, name: str, password: str, staff: bool = False):
+        user, _ = User.objects.get_or_create(username=name)
+        user.set_password(password)
+        user.is_staff = user.is_superuser = staff
+        user.save()
+        return user
+
+    def _fans(self, popular, count: int) -> None:
+        # One password hash for all of them: hashing a thousand passwords would take minutes.
+        unusable = make_password(None)
+        names = [f"fan{i:04d}" for i in range(count)]
+        existing = set(User.objects.filter(username__in=names).values_list("username", flat=True))
+        User.objects.bulk_create([User(username=n, password=unusable) for n in names if n not in existing])
+        fan_ids = User.objects.filter(username__in=names).values_list("id", flat=True)
+        Follow.objects.bulk_create(
+            [Follow(follower_id=fan_id, followee=popular) for fan_id in fan_ids], ignore_conflicts=True
+        )

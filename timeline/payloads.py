@@ -1,0 +1,41 @@
+"""The one place that turns tweets, users and fan-outs into JSON-ready dicts.
+
+The HTTP API and the websocket events both use these, so a client sees one shape everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+
+from fanout.models import Fanout
+from timeline.models import Tweet
+
+
+def _iso(value) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def user_payload(user: AbstractBaseUser) -> dict[str, Any]:
+    return {"id": user.pk, "username": user.get_username()}
+
+
+def tweet_payload(tweet: Tweet) -> dict[str, Any]:
+    return {
+        "id": tweet.pk,
+        "author": user_payload(tweet.author),
+        "body": tweet.body,
+        "created_at": _iso(tweet.created_at),
+        "client_id": str(tweet.client_id),
+    }
+
+
+def fanout_payload(fanout: Fanout) -> dict[str, Any]:
+    return {
+        "state": fanout.state,
+        "recipients": fanout.recipients,
+        "delivered": fanout.delivered,
+        "enqueued_at": _iso(fanout.enqueued_at),
+        "finished_at": _iso(fanout.finished_at),
+    }

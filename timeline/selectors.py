@@ -1,0 +1,103 @@
+"""Reads. The home timeline comes from Redis, hydrated from the database in one query."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Q
+
+from fanout import timelines
+from timeline.models import Follow, Tweet
+
+User = get_user_model()
+
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+
+
+@dataclass(frozen=True)
+class Page:
+    tweets: list[Tweet]
+    next_before: int | None
+
+
+def _home_ids_from_db(user_id: int, *, limit: int, before: int | None = None, after: int | None = None) -> list[int]:
+    followees = Follow.objects.filter(follower_id=user_id).values("followee_id")
+    query = Tweet.objects.filter(Q(author_id=user_id) | Q(author_id__in=followees))
+    if before is not None:
+        query = query.filter(id__lt=before)
+    if after is not None:
+        query = query.filter(id__gt=after)
+    return list(query.order_by("-id").values_list("id", flat=True)[:limit])
+
+
+def _hydrate(ids: list[int]) -> list[Tweet]:
+    by_id = Tweet.objects.select_related("author").in_bulk(ids)
+    return [by_id[i] for i in ids if i in by_id]
+
+
+def _rebuild_home(user_id: int) -> None:
+    # The sentinel goes in before the database is read: see fanout.timelines.
+    timelines.begin_rebuild(user_id)
+    timelines.finish_rebuild(user_id, _home_ids_from_db(user_id, limit=settings.TIMELINE_CAP))
+
+
+def home_timeline(
+    *, user: AbstractBaseUser, limit: int = DEFAULT_PAGE_SIZE, before: int | None = None, after: int | None = None
+) -> Page:
+    """The newest ``limit`` tweets of the user and of those they follow, with after < id < before."""
+    if not timelines.is_materialized(user.pk):
+        _rebuild_home(user.pk)
+    # One more than asked, to know whether there is a next page.
+    ids, size = timelines.page(user.pk, limit=limit + 1, before=before, after=after)
+    if len(ids) <= limit and size >= settings.TIMELINE_CAP:
+        # The capped set ran out; anything older is only in the database.
+        older_than = ids[-1] if ids else before
+        ids += _home_ids_from_db(user.pk, limit=limit + 1 - len(ids), before=older_than, after=after)
+    return _page(_hydrate(ids), limit)
+
+
+def user_tweets(*, author: AbstractBaseUser, limit: int = DEFAULT_PAGE_SIZE, before: int | None = None) -> Page:
+    query = Tweet.objects.filter(author=author).select_related("author")
+    if before is not None:
+        query = query.filter(id__lt=before)
+    return _page(list(query.order_by("-id")[: limit + 1]), limit)
+
+
+def _page(tweets: list[Tweet], limit: int) -> Page:
+    if len(tweets) > limit:
+        tweets = tweets[:limit]
+        return Page(tweets, next_before=tweets[-1].pk)
+    return Page(tweets, next_before=None)
+
+
+@dataclass(frozen=True)
+class Profile:
+    user: AbstractBaseUser
+    followers: int
+    following: int
+    followed_by_me: bool
+
+
+def user_profile(*, username: str, viewer: AbstractBaseUser | None) -> Profile:
+    """Raises User.DoesNotExist for an unknown name."""
+    user = User.objects.get(username=username)
+    followed_by_me = bool(
+        viewer is not None
+        and viewer.is_authenticated
+        and Follow.objects.filter(follower=viewer, followee=user).exists()
+    )
+    return Profile(
+        user=user,
+        followers=Follow.objects.filter(followee=user).count(),
+        following=Follow.objects.filter(follower=user).count(),
+        followed_by_me=followed_by_me,
+    )
+
+
+def tweet_with_fanout(*, tweet_id: int) -> Tweet:
+    """Raises Tweet.DoesNotExist."""
+    return Tweet.objects.select_related("author", "fanout").get(pk=tweet_id)

@@ -1,0 +1,109 @@
+"""Writes, and their side effects. Views and commands call these; nothing else writes."""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+import uuid
+from dataclasses import dataclass
+from functools import partial
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from redis.exceptions import RedisError
+
+from fanout import timelines
+from fanout.admission import enqueue_fanout
+from fanout.models import Fanout
+from timeline.models import TWEET_MAX_LENGTH, Follow, Tweet
+
+User = get_user_model()
+logger = logging.getLogger(__name__)
+
+
+def normalize_body(body: str) -> str:
+    """The body as stored: NFC-normalized (so length counts what a reader sees) and trimmed."""
+    return unicodedata.normalize("NFC", body).strip()
+
+
+def validate_tweet_body(body: str) -> str:
+    body = normalize_body(body)
+    if not body:
+        raise ValidationError({"body": ValidationError("Write something first.", code="blank")})
+    if len(body) > TWEET_MAX_LENGTH:
+        message = f"A tweet is at most {TWEET_MAX_LENGTH} characters; this one has {len(body)}."
+        raise ValidationError({"body": ValidationError(message, code="max_length")})
+    return body
+
+
+@dataclass(frozen=True)
+class PostResult:
+    tweet: Tweet
+    created: bool
+
+
+def user_signup(*, username: str, password: str) -> AbstractBaseUser:
+    user = User(username=username)
+    user.full_clean(exclude=["password"])
+    validate_password(password, user=user)
+    user.set_password(password)
+    user.save()
+    return user
+
+
+def tweet_create(*, author: AbstractBaseUser, body: str, client_id: uuid.UUID) -> PostResult:
+    """Post a tweet once per client_id.
+
+    The tweet, its outbox row and (after the commit) the author's own timeline entry are
+    written here, in the request; delivery to followers is queued to run in the background.
+    """
+    body = validate_tweet_body(body)
+    existing = Tweet.objects.filter(author=author, client_id=client_id).select_related("author").first()
+    if existing is not None:
+        return PostResult(existing, created=False)
+    tweet = Tweet(author=author, body=body, client_id=client_id)
+    tweet.full_clean(validate_unique=False)
+    try:
+        with transaction.atomic():
+            tweet.save()
+            Fanout.objects.create(tweet=tweet)
+            transaction.on_commit(partial(_after_tweet_commit, tweet))
+    except IntegrityError:
+        # The same client_id raced in from a concurrent retry and won: answer with its tweet.
+        existing = Tweet.objects.filter(author=author, client_id=client_id).select_related("author").first()
+        if existing is None:
+            raise
+        return PostResult(existing, created=False)
+    return PostResult(tweet, created=True)
+
+
+def _after_tweet_commit(tweet: Tweet) -> None:
+    # The tweet is committed, so it is accepted whatever happens next. If Redis fails here the
+    # author's timeline is rebuilt from the database on read, and the outbox relay enqueues the
+    # fan-out that is still pending: log it and answer 202 all the same.
+    try:
+        timelines.add(tweet_id=tweet.pk, user_ids=[tweet.author_id])
+        enqueue_fanout(tweet.pk)
+    except RedisError:
+        logger.exception("tweet %s committed but not queued; the outbox relay will queue it", tweet.pk)
+
+
+def follow_create(*, follower: AbstractBaseUser, followee: AbstractBaseUser) -> Follow:
+    if follower.pk == followee.pk:
+        raise ValidationError("You cannot follow yourself.", code="self_follow")
+    with transaction.atomic():
+        follow, created = Follow.objects.get_or_create(follower=follower, followee=followee)
+        if created:
+            transaction.on_commit(partial(timelines.invalidate, [follower.pk]), robust=True)
+    return follow
+
+
+def follow_delete(*, follower: AbstractBaseUser, followee: AbstractBaseUser) -> bool:
+    with transaction.atomic():
+        deleted, _ = Follow.objects.filter(follower=follower, followee=followee).delete()
+        if deleted:
+            transaction.on_commit(partial(timelines.invalidate, [follower.pk]), robust=True)
+    return bool(deleted)

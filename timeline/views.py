@@ -1,0 +1,117 @@
+"""HTML pages. They work without JavaScript (plain forms, redirects); static/js enhances them."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib import messages
+from django.contrib.auth import get_user_model, login
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.db import connection
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+from redis.exceptions import RedisError
+
+from fanout import timelines
+from timeline import selectors, services
+from timeline.forms import SignupForm, TweetForm
+from timeline.models import TWEET_MAX_LENGTH
+
+User = get_user_model()
+
+
+def _home_context(request: HttpRequest, form: TweetForm | None = None) -> dict:
+    page = selectors.home_timeline(user=request.user)
+    return {
+        "page": page,
+        "form": form or TweetForm(initial={"client_id": uuid.uuid4()}),
+        "tweet_max_length": TWEET_MAX_LENGTH,
+    }
+
+
+@login_required
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    return render(request, "timeline/home.html", _home_context(request))
+
+
+@login_required
+@require_POST
+def compose(request: HttpRequest) -> HttpResponse:
+    """The compose form without JavaScript: a plain POST, then a redirect home."""
+    form = TweetForm(request.POST)
+    if form.is_valid():
+        try:
+            services.tweet_create(author=request.user, **form.cleaned_data)
+        except ValidationError as exc:
+            for field, errors in exc.message_dict.items():
+                for error in errors:
+                    form.add_error(field if field in form.fields else None, error)
+        else:
+            return redirect("home")
+    # Keep what was typed, and the same client_id, so pressing Post again cannot make two.
+    return render(request, "timeline/home.html", _home_context(request, form), status=400)
+
+
+@require_GET
+def profile(request: HttpRequest, username: str) -> HttpResponse:
+    try:
+        profile = selectors.user_profile(username=username, viewer=request.user)
+    except User.DoesNotExist:
+        raise Http404(f"There is no user called {username}.") from None
+    page = selectors.user_tweets(author=profile.user)
+    return render(request, "timeline/profile.html", {"profile": profile, "page": page})
+
+
+@login_required
+@require_POST
+def follow(request: HttpRequest, username: str) -> HttpResponse:
+    try:
+        followee = User.objects.get(username=username)
+    except User.DoesNotExist:
+        raise Http404(f"There is no user called {username}.") from None
+    try:
+        if request.POST.get("action") == "unfollow":
+            services.follow_delete(follower=request.user, followee=followee)
+        else:
+            services.follow_create(follower=request.user, followee=followee)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    return redirect("profile", username=followee.username)
+
+
+def signup(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        form = SignupForm(request.POST)
+        if form.is_valid():
+            try:
+                user = services.user_signup(**form.cleaned_data)
+            except ValidationError as exc:
+                for field, errors in exc.message_dict.items() if hasattr(exc, "error_dict") else [("password", exc.messages)]:
+                    for error in errors:
+                        form.add_error(field if field in form.fields else None, error)
+            else:
+                login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+                return redirect("home")
+    else:
+        form = SignupForm()
+    return render(request, "registration/signup.html", {"form": form}, status=400 if form.errors else 200)
+
+
+@require_GET
+def healthz(request: HttpRequest) -> HttpResponse:
+    """200 when the database and Redis both answer; 503 naming the part that does not."""
+    parts = {"db": True, "redis": True}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception:
+        parts["db"] = False
+    try:
+        timelines.connection().ping()
+    except (RedisError, OSError):
+        parts["redis"] = False
+    ok = all(parts.values())
+    return JsonResponse({"ok": ok, **parts}, status=200 if ok else 503)
