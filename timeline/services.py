@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 import unicodedata
 import uuid
 from dataclasses import dataclass
@@ -48,7 +49,10 @@ class PostResult:
 def user_signup(*, username: str, password: str) -> AbstractBaseUser:
     user = User(username=username)
     user.full_clean(exclude=["password"])
-    validate_password(password, user=user)
+    try:
+        validate_password(password, user=user)
+    except ValidationError as exc:
+        raise ValidationError({"password": exc.error_list}) from None
     user.set_password(password)
     user.save()
     return user
@@ -82,13 +86,19 @@ def tweet_create(*, author: AbstractBaseUser, body: str, client_id: uuid.UUID) -
 
 def _after_tweet_commit(tweet: Tweet) -> None:
     # The tweet is committed, so it is accepted whatever happens next. If Redis fails here the
-    # author's timeline is rebuilt from the database on read, and the outbox relay enqueues the
-    # fan-out that is still pending: log it and answer 202 all the same.
+    # outbox relay enqueues the fan-out that is still pending, and the author's timeline is
+    # rebuilt from the database on read: log it and answer all the same. The two steps are
+    # independent, so neither failure may skip the other.
     try:
-        timelines.add(tweet_id=tweet.pk, user_ids=[tweet.author_id])
         enqueue_fanout(tweet.pk)
     except RedisError:
         logger.exception("tweet %s committed but not queued; the outbox relay will queue it", tweet.pk)
+    try:
+        timelines.add(tweet_id=tweet.pk, user_ids=[tweet.author_id])
+    except RedisError:
+        logger.exception("tweet %s not added to its author's timeline; dropping it to be rebuilt", tweet.pk)
+        with suppress(RedisError):
+            timelines.invalidate([tweet.author_id])
 
 
 def follow_create(*, follower: AbstractBaseUser, followee: AbstractBaseUser) -> Follow:

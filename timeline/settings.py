@@ -117,9 +117,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = VAR_DIR / "staticfiles"
-# Served by WhiteNoise from the app directories without a collectstatic step; the browser
-# revalidates, so an edited JS module is picked up on reload.
+# Served by WhiteNoise straight from the source folders (no collectstatic step to forget).
+STATIC_ROOT = None
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 

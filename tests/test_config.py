@@ -1,0 +1,51 @@
+"""Start-up refuses bad configuration with one clear line naming the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def start(**env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=BASE_DIR,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("FANOUT_QUEUE_CAP", "lots"),
+        ("FANOUT_QUEUE_CAP", "-1"),
+        ("FANOUT_QUEUE_CAP", "1.5"),
+        ("PORT", "99999"),
+        ("PORT", "eighty"),
+        ("REDIS_URL", "http://127.0.0.1:6379"),
+        ("REDIS_URL", "redis://127.0.0.1:notaport"),
+        ("DATABASE_URL", "nosuchdb://x"),
+        ("DJANGO_DEBUG", "perhaps"),
+        ("DJANGO_SECRET_KEY", "short"),
+    ],
+)
+def test_bad_values_stop_start_up_with_one_line_naming_the_variable(name, value):
+    result = start(**{name: value})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert name in lines[0] and "configuration error" in lines[0]
+
+
+def test_good_values_start():
+    result = start(FANOUT_QUEUE_CAP="0", PORT="8123", DJANGO_DEBUG="yes")
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,194 @@
+"""Fan-out through a real RQ worker into the real Redis, and the home timelines it feeds."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django_rq import get_queue
+from redis.exceptions import RedisError
+
+from fanout import delivery, timelines
+from fanout.admission import FANOUT_QUEUE, enqueue_fanout
+from fanout.models import Fanout
+from timeline import selectors
+from timeline.models import Follow, Tweet
+from timeline.services import follow_create, follow_delete, tweet_create
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def materialize(*users) -> None:
+    """Read each home timeline once, as an online user would, so it lives in Redis."""
+    for user in users:
+        selectors.home_timeline(user=user)
+
+
+def home_ids(user, **kwargs) -> list[int]:
+    return [t.pk for t in selectors.home_timeline(user=user, limit=100, **kwargs).tweets]
+
+
+def post(author, body="hello"):
+    return tweet_create(author=author, body=body, client_id=uuid.uuid4()).tweet
+
+
+def test_worker_delivers_to_every_follower_and_counts_are_true(make_user, run_worker, settings, redis):
+    settings.FANOUT_BATCH_SIZE = 4  # several keyset batches
+    author = make_user()
+    followers = [make_user() for _ in range(10)]
+    outsider = make_user()
+    for follower in followers:
+        follow_create(follower=follower, followee=author)
+    materialize(author, outsider, *followers)
+
+    tweet = post(author)
+    run_worker()
+
+    fanout = Fanout.objects.get(pk=tweet.pk)
+    assert (fanout.state, fanout.delivered, fanout.recipients, fanout.attempts) == ("done", 10, 10, 1)
+    assert fanout.started_at <= fanout.finished_at
+    for follower in followers:
+        assert redis.zscore(timelines.key(follower.pk), tweet.pk) == tweet.pk
+    assert redis.zscore(timelines.key(outsider.pk), tweet.pk) is None
+    assert home_ids(followers[0]) == [tweet.pk]
+    assert home_ids(outsider) == []
+
+
+def test_running_the_job_twice_leaves_the_same_timelines_and_counts(make_user, run_worker, redis):
+    author = make_user()
+    followers = [make_user() for _ in range(5)]
+    for follower in followers:
+        follow_create(follower=follower, followee=author)
+    materialize(*followers)
+    tweet = post(author)
+    run_worker()
+    before = {f.pk: redis.zrange(timelines.key(f.pk), 0, -1, withscores=True) for f in followers}
+    first = Fanout.objects.values("state", "delivered", "recipients").get(pk=tweet.pk)
+
+    # Both ways a job can run again: RQ running it a second time, and the delivery code itself
+    # running over a row it already finished (a retry after a crash that left it "running").
+    enqueue_fanout(tweet.pk)
+    run_worker()
+    Fanout.objects.filter(pk=tweet.pk).update(state=Fanout.State.RUNNING)
+    delivery.deliver_tweet(tweet_id=tweet.pk)
+
+    after = {f.pk: redis.zrange(timelines.key(f.pk), 0, -1, withscores=True) for f in followers}
+    assert after == before
+    assert Fanout.objects.values("state", "delivered", "recipients").get(pk=tweet.pk) == first
+
+
+def test_fanout_does_not_create_timelines_that_were_never_read(make_user, run_worker, redis):
+    author, follower = make_user(), make_user()
+    follow_create(follower=follower, followee=author)
+    tweet = post(author)
+    run_worker()
+
+    assert not redis.exists(timelines.key(follower.pk))
+    assert Fanout.objects.get(pk=tweet.pk).delivered == 1
+    # ...and the first read builds it from the database, tweet included.
+    assert home_ids(follower) == [tweet.pk]
+    assert redis.exists(timelines.key(follower.pk))
+
+
+def test_timeline_is_rebuilt_from_the_database_after_its_key_is_deleted(make_user, run_worker, redis):
+    author, follower = make_user(), make_user()
+    follow_create(follower=follower, followee=author)
+    materialize(follower)
+    tweets = [post(author, f"t{i}") for i in range(3)]
+    own = post(follower, "mine")
+    run_worker()
+    expected = [own.pk] + [t.pk for t in reversed(tweets)]
+    assert home_ids(follower) == expected
+
+    redis.delete(timelines.key(follower.pk))
+
+    assert home_ids(follower) == expected
+    assert [int(m) for m in redis.zrevrange(timelines.key(follower.pk), 0, -1)] == expected + [0]  # sentinel last
+
+
+def test_a_fanout_racing_a_rebuild_is_not_lost(make_user, redis):
+    """The sentinel goes in before the rebuild reads the database: see fanout.timelines."""
+    author, follower = make_user(), make_user()
+    Follow.objects.create(follower=follower, followee=author)
+    timelines.begin_rebuild(follower.pk)
+    stale_ids = selectors._home_ids_from_db(follower.pk, limit=800)  # read before the tweet commits
+    tweet = Tweet.objects.create(author=author, body="in between", client_id=uuid.uuid4())
+    Fanout.objects.create(tweet=tweet)
+    delivery.deliver_tweet(tweet_id=tweet.pk)  # runs while the rebuild is still in flight
+    timelines.finish_rebuild(follower.pk, stale_ids)
+
+    assert home_ids(follower) == [tweet.pk]
+    assert redis.ttl(timelines.key(follower.pk)) == -1  # the finished set is permanent
+
+
+def test_timeline_is_capped_and_older_pages_come_from_the_database(make_user, run_worker, settings, redis):
+    settings.TIMELINE_CAP = 10
+    author, follower = make_user(), make_user()
+    follow_create(follower=follower, followee=author)
+    materialize(follower)
+    tweets = [post(author, f"t{i}") for i in range(15)]
+    run_worker()
+
+    assert redis.zcard(timelines.key(follower.pk)) == 10 + 1  # the cap, plus the sentinel
+    seen, before = [], None
+    while True:
+        page = selectors.home_timeline(user=follower, limit=4, before=before)
+        seen += [t.pk for t in page.tweets]
+        if page.next_before is None:
+            break
+        before = page.next_before
+    assert seen == [t.pk for t in reversed(tweets)]
+
+
+def test_after_returns_only_newer_tweets(make_user):
+    author = make_user()
+    tweets = [post(author, f"t{i}") for i in range(5)]
+    assert home_ids(author, after=tweets[2].pk) == [tweets[4].pk, tweets[3].pk]
+    assert home_ids(author, after=tweets[1].pk, before=tweets[4].pk) == [tweets[3].pk, tweets[2].pk]
+
+
+def test_follow_and_unfollow_change_the_home_timeline_including_older_tweets(make_user):
+    reader, author = make_user(), make_user()
+    older = post(author, "before the follow")
+    materialize(reader)
+    assert home_ids(reader) == []
+
+    follow_create(follower=reader, followee=author)
+    assert home_ids(reader) == [older.pk]
+
+    follow_delete(follower=reader, followee=author)
+    assert home_ids(reader) == []
+
+
+def test_a_failing_job_is_marked_failed_and_retried_by_rq(make_user, run_worker, monkeypatch):
+    author, follower = make_user(), make_user()
+    follow_create(follower=follower, followee=author)
+
+    def broken(**kwargs):
+        raise RedisError("connection lost mid-batch")
+
+    tweet = post(author)
+    monkeypatch.setattr(delivery.timelines, "add", broken)
+    run_worker()
+
+    fanout = Fanout.objects.get(pk=tweet.pk)
+    assert fanout.state == "failed"
+    assert "connection lost mid-batch" in fanout.last_error
+    job = get_queue(FANOUT_QUEUE).fetch_job(f"fanout-{tweet.pk}")
+    assert job.get_status() == "scheduled" and job.retries_left == 2  # RQ will try again
+
+    monkeypatch.undo()
+    delivery.deliver_tweet(tweet_id=tweet.pk)  # what the retry does
+    fanout.refresh_from_db()
+    assert (fanout.state, fanout.delivered, fanout.last_error, fanout.attempts) == ("done", 1, "", 2)
+
+
+def test_follower_batches_are_keyset_ordered_and_complete(make_user):
+    author = make_user()
+    followers = [make_user() for _ in range(7)]
+    for follower in followers:
+        Follow.objects.create(follower=follower, followee=author)
+    batches = list(delivery.follower_id_batches(author.pk, batch_size=3))
+    assert [len(b) for b in batches] == [3, 3, 1]
+    flat = [i for b in batches for i in b]
+    assert flat == sorted(f.pk for f in followers)
