@@ -14,9 +14,10 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
-from fanout import timelines
+from fanout import presence, push, timelines
 from fanout.models import Fanout
 from timeline.models import Follow
+from timeline.payloads import tweet_payload
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def deliver_tweet(*, tweet_id: int) -> None:
         recipients=recipients,
         delivered=0,
     )
+    payload = tweet_payload(fanout.tweet)
     delivered = 0
     try:
         for batch in follower_id_batches(author_id, batch_size=settings.FANOUT_BATCH_SIZE):
@@ -63,6 +65,10 @@ def deliver_tweet(*, tweet_id: int) -> None:
             delivered += len(batch)
             recipients = max(recipients, delivered)
             Fanout.objects.filter(pk=tweet_id).update(delivered=delivered, recipients=recipients)
+            # Timelines first, then the push: a follower told of a tweet can always load it.
+            event = push.tweet_new(payload)
+            progress = push.fanout_event(tweet_id=tweet_id, delivered=delivered, recipients=recipients, state="running")
+            push.send([*((uid, event) for uid in presence.online_among(batch)), (author_id, progress)])
     except Exception as exc:
         Fanout.objects.filter(pk=tweet_id).update(
             state=Fanout.State.FAILED, last_error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=timezone.now()
@@ -73,3 +79,4 @@ def deliver_tweet(*, tweet_id: int) -> None:
     Fanout.objects.filter(pk=tweet_id).update(
         state=Fanout.State.DONE, delivered=delivered, recipients=delivered, finished_at=timezone.now(), last_error=""
     )
+    push.send([(author_id, push.fanout_event(tweet_id=tweet_id, delivered=delivered, recipients=delivered, state="done"))])

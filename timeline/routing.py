@@ -1,1 +1,5 @@
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from timeline.consumers import TimelineConsumer
+
+websocket_urlpatterns = [path("ws/timeline/", TimelineConsumer.as_asgi())]

@@ -1,0 +1,51 @@
+"""Who is online: one Redis sorted set, user id -> the time their presence expires.
+
+Each open websocket marks its user online for ``PRESENCE_TTL`` seconds and renews the mark
+while it stays open, so a server that crashes leaves no ghosts for longer than that. A user
+with two tabs is one member; the later expiry wins (ZADD GT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Sequence
+
+from django.conf import settings
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+
+from fanout import timelines
+
+PRESENCE_KEY = "presence:online"
+PRESENCE_TTL = 60
+# Sockets renew well inside the TTL, so one late renewal does not make a user look offline.
+RENEW_EVERY = PRESENCE_TTL / 3
+
+
+# One async client per event loop (daphne runs one), shared by all of that loop's sockets.
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRedis] = weakref.WeakKeyDictionary()
+
+
+async def mark_online(user_id: int) -> None:
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        client = _async_clients[loop] = AsyncRedis.from_url(settings.REDIS_URL)
+    await client.zadd(PRESENCE_KEY, {str(user_id): time.time() + PRESENCE_TTL}, gt=True)
+
+
+def online_among(user_ids: Sequence[int], *, redis: Redis | None = None) -> list[int]:
+    """The subset of ``user_ids`` that is online now, in one round trip."""
+    if not user_ids:
+        return []
+    redis = redis or timelines.connection()
+    now = time.time()
+    scores = redis.zmscore(PRESENCE_KEY, [str(u) for u in user_ids])
+    return [u for u, expires in zip(user_ids, scores) if expires is not None and expires > now]
+
+
+def prune(*, redis: Redis | None = None) -> int:
+    """Drop expired marks (readers ignore them anyway; this keeps the set small)."""
+    return int((redis or timelines.connection()).zremrangebyscore(PRESENCE_KEY, "-inf", time.time()))

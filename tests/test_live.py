@@ -1,0 +1,158 @@
+"""Live push: the websocket consumer on the real Redis channel layer, and real processes end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+import uuid
+
+import pytest
+import websockets
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from fanout import presence, push
+from timeline.asgi import application
+from timeline.services import follow_create
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ORIGIN = (b"origin", b"http://127.0.0.1")
+
+
+def session_cookie(user) -> bytes:
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+async def connect(user=None, origin=ORIGIN) -> tuple[WebsocketCommunicator, bool]:
+    headers = [origin, (b"host", b"127.0.0.1")]
+    if user is not None:
+        headers.append((b"cookie", await sync_to_async(session_cookie)(user)))
+    communicator = WebsocketCommunicator(application, "/ws/timeline/", headers=headers)
+    connected, _ = await communicator.connect(timeout=5)
+    return communicator, connected
+
+
+async def test_anonymous_socket_is_refused():
+    communicator, connected = await connect(None)
+    assert not connected
+
+
+async def test_cross_origin_socket_is_refused(make_user):
+    user = await sync_to_async(make_user)()
+    communicator, connected = await connect(user, origin=(b"origin", b"http://evil.example"))
+    assert not connected
+
+
+async def test_events_reach_only_the_intended_user(make_user):
+    alice, bob = await sync_to_async(make_user)(), await sync_to_async(make_user)()
+    to_alice, ok_a = await connect(alice)
+    to_bob, ok_b = await connect(bob)
+    assert ok_a and ok_b
+    assert await sync_to_async(presence.online_among)([alice.pk, bob.pk]) == [alice.pk, bob.pk]
+
+    event = push.tweet_new({"id": 1, "body": "for alice"})
+    await get_channel_layer().group_send(push.user_group(alice.pk), event)
+
+    assert await to_alice.receive_json_from(timeout=5) == event
+    assert await to_bob.receive_nothing(timeout=0.3)
+    await to_alice.disconnect()
+    await to_bob.disconnect()
+
+
+async def test_client_cannot_join_another_group_and_bad_frames_close_the_socket(make_user):
+    alice, bob = await sync_to_async(make_user)(), await sync_to_async(make_user)()
+    socket, connected = await connect(alice)
+    assert connected
+    await socket.send_json_to({"type": "ping"})
+    assert await socket.receive_json_from(timeout=5) == {"type": "pong"}
+
+    await socket.send_json_to({"type": "subscribe", "group": push.user_group(bob.pk)})
+    closed = await socket.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": 4400}
+
+    for frame in ["not json", json.dumps({"type": "ping", "pad": "x" * 5000})]:
+        socket, connected = await connect(alice)
+        await socket.send_to(text_data=frame)
+        assert (await socket.receive_output(timeout=5))["type"] == "websocket.close"
+
+
+# -- end to end: daphne and an RQ worker as real processes -----------------------------------------
+
+
+def api_post_tweet(live_app, user, body: str) -> dict:
+    """POST /api/tweets to the live server as a browser would: session cookie and CSRF pair."""
+    token = "t" * 32  # the CSRF check compares the cookie with the header
+    request = urllib.request.Request(
+        live_app.url + "/api/tweets",
+        data=json.dumps({"body": body, "client_id": str(uuid.uuid4())}).encode(),
+        headers={
+            "Content-Type": "application/json",
+            "X-CSRFToken": token,
+            "Cookie": f"{session_cookie(user).decode()}; csrftoken={token}",
+        },
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 202
+        return json.load(response)
+
+
+async def open_socket(live_app, user):
+    cookie = (await sync_to_async(session_cookie)(user)).decode()
+    return await websockets.connect(
+        live_app.ws_url(), additional_headers={"Cookie": cookie}, origin=live_app.url, open_timeout=10
+    )
+
+
+async def frames_until(socket, predicate, *, timeout: float) -> list[dict]:
+    """Read frames until one satisfies predicate; fail if the deadline passes first."""
+    seen, deadline = [], time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no matching frame within {timeout}s; saw {seen}"
+        frame = json.loads(await asyncio.wait_for(socket.recv(), remaining))
+        seen.append(frame)
+        if predicate(frame):
+            return seen
+
+
+@pytest.mark.e2e
+async def test_posted_tweet_reaches_followers_socket_and_author_sees_progress(live_app, make_user):
+    author, follower, stranger = [await sync_to_async(make_user)() for _ in range(3)]
+    await sync_to_async(follow_create)(follower=follower, followee=author)
+    author_ws, follower_ws, stranger_ws = [await open_socket(live_app, u) for u in (author, follower, stranger)]
+    try:
+        answer = await sync_to_async(api_post_tweet)(live_app, author, "live hello")
+        tweet_id = answer["tweet"]["id"]
+
+        frames = await frames_until(follower_ws, lambda f: f["type"] == "tweet.new", timeout=10)
+        assert frames[-1]["tweet"] == answer["tweet"]
+
+        author_frames = await frames_until(author_ws, lambda f: f["type"] == "fanout.done", timeout=10)
+        done = author_frames[-1]
+        assert done == {"type": "fanout.done", "tweet_id": tweet_id, "delivered": 1, "recipients": 1, "state": "done"}
+        assert any(f["type"] == "fanout.progress" for f in author_frames)
+
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(stranger_ws.recv(), 0.5)
+    finally:
+        for ws in (author_ws, follower_ws, stranger_ws):
+            await ws.close()
+
+
+@pytest.mark.e2e
+async def test_anonymous_and_cross_origin_sockets_are_refused_by_daphne(live_app, make_user):
+    with pytest.raises(websockets.exceptions.InvalidStatus):
+        await websockets.connect(live_app.ws_url(), origin=live_app.url, open_timeout=10)
+    user = await sync_to_async(make_user)()
+    cookie = (await sync_to_async(session_cookie)(user)).decode()
+    with pytest.raises(websockets.exceptions.InvalidStatus):
+        await websockets.connect(
+            live_app.ws_url(), additional_headers={"Cookie": cookie}, origin="http://evil.example", open_timeout=10
+        )
