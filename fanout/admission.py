@@ -1,38 +1,163 @@
-"""The one place that puts fan-out work on the queue."""
+"""Admission control (back pressure) and the one place that puts fan-out work on the queue.
+
+RQ queues are unbounded, so the bound is ours. A tweet is admitted only while fewer than
+``FANOUT_QUEUE_CAP`` fan-out jobs wait; past that, POST /api/tweets answers 503 with a
+Retry-After computed from the measured drain rate, and nothing is written.
+
+The check and the enqueue cannot be one Redis command, because the tweet must commit to the
+database between them. So admission *reserves* a slot, atomically with the check (one Lua
+script), and the enqueue after the commit releases the reservation in the same MULTI as the
+job's push. Waiting jobs plus live reservations never exceed the cap, however many web
+processes post at once. A reservation left by a process that died before enqueueing expires
+after ``RESERVATION_TTL`` seconds (its tweet, if it committed, is then queued by the relay).
+
+Work for tweets already accepted (RQ's retries, the relay's re-enqueues) goes to the front of
+the queue without asking: it was admitted once, and must finish in bounded time.
+"""
 
 from __future__ import annotations
 
+import math
+import time
+import uuid
+from dataclasses import dataclass
+
+from django.conf import settings
 from django.db.models import Case, Value, When
 from django.utils import timezone
 from django_rq import get_queue
 from rq import Retry
 
+from fanout import metrics, timelines
 from fanout.models import Fanout
 
 FANOUT_QUEUE = "fanout"
 # Workers take jobs from these queues in this order.
 WORKER_QUEUES = (FANOUT_QUEUE, "default")
+QUEUE_KEY = f"rq:queue:{FANOUT_QUEUE}"
+RESERVATIONS_KEY = "fanout:admission:reserved"
+RESERVATION_TTL = 30
 # A job that raises is tried again after these pauses (seconds), then left failed for staff.
 RETRY_INTERVALS = [1, 5, 30]
+# Retry-After is the expected time for the queue to drain, kept within these bounds: at
+# least a second (the header's unit), and at most what a person will wait for a post.
+RETRY_AFTER_MIN, RETRY_AFTER_MAX = 1, 30
+
+# KEYS: the queue list, the reservations zset, the author's rate-limit counter.
+# ARGV: cap (0 = off), now, reservation token, reservation ttl, rate limit (0 = off), window.
+# Returns {1, depth} admitted; {0, depth} over the cap; {-1, ttl} over the rate limit.
+_ADMIT_SCRIPT = """
+local now = tonumber(ARGV[2])
+local limit = tonumber(ARGV[5])
+if limit > 0 then
+  local used = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if used >= limit then
+    return {-1, redis.call('TTL', KEYS[3])}
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local depth = redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+local cap = tonumber(ARGV[1])
+if cap > 0 and depth >= cap then
+  return {0, depth}
+end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3])
+if limit > 0 then
+  if redis.call('INCR', KEYS[3]) == 1 then
+    redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]))
+  end
+end
+return {1, depth}
+"""
+
+
+class Overloaded(Exception):
+    """The fan-out queue is at its cap: try again after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: int, depth: int) -> None:
+        super().__init__(f"fan-out queue full ({depth} waiting)")
+        self.retry_after, self.depth = retry_after, depth
+
+
+class RateLimited(Exception):
+    """This author posted too much in the current window."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("rate limited")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A reserved queue slot, spent by ``enqueue_fanout`` or given back by ``release``."""
+
+    token: str
 
 
 def job_id(tweet_id: int) -> str:
     return f"fanout-{tweet_id}"
 
 
-def enqueue_fanout(tweet_id: int) -> None:
-    """Queue the fan-out job of a committed tweet and mark its outbox row queued."""
-    now = timezone.now()
-    get_queue(FANOUT_QUEUE).enqueue(
-        "fanout.jobs.fanout_tweet",
-        tweet_id,
-        job_id=job_id(tweet_id),
-        retry=Retry(max=len(RETRY_INTERVALS), interval=RETRY_INTERVALS),
-        result_ttl=0,
-        failure_ttl=7 * 24 * 3600,
+def admit(*, author_id: int) -> Ticket:
+    """Reserve a queue slot for a new tweet, or raise Overloaded or RateLimited."""
+    redis = timelines.connection()
+    token = uuid.uuid4().hex
+    limit, window = settings.TWEET_RATE_LIMIT, settings.TWEET_RATE_WINDOW
+    admitted, value = redis.register_script(_ADMIT_SCRIPT)(
+        keys=[QUEUE_KEY, RESERVATIONS_KEY, f"ratelimit:tweets:{author_id}"],
+        args=[settings.FANOUT_QUEUE_CAP, time.time(), token, RESERVATION_TTL, limit, window],
     )
+    if admitted == -1:
+        raise RateLimited(retry_after=max(int(value), 1))
+    if admitted == 0:
+        metrics.record_shed(redis=redis)
+        raise Overloaded(retry_after=retry_after(depth=int(value)), depth=int(value))
+    metrics.record_arrival(redis=redis)
+    return Ticket(token)
+
+
+def release(ticket: Ticket) -> None:
+    timelines.connection().zrem(RESERVATIONS_KEY, ticket.token)
+
+
+def retry_after(*, depth: int) -> int:
+    """Seconds until the queue has drained, by Little's law: wait = depth / drain rate."""
+    drain = metrics.drain_rate()
+    if drain <= 0:
+        return RETRY_AFTER_MAX  # no worker is draining: the honest answer is "a while"
+    return min(max(math.ceil(depth / drain), RETRY_AFTER_MIN), RETRY_AFTER_MAX)
+
+
+def enqueue_fanout(tweet_id: int, *, ticket: Ticket | None = None) -> None:
+    """Queue the fan-out job of a committed tweet and mark its outbox row queued.
+
+    With a ticket (a new tweet) the job joins the back of the queue and the reservation is
+    released in the same transaction; without one (work already accepted once: the relay,
+    staff) it goes to the front.
+    """
+    now = timezone.now()
+    redis = timelines.connection()
+    with redis.pipeline() as pipe:
+        get_queue(FANOUT_QUEUE).enqueue_call(
+            "fanout.jobs.fanout_tweet",
+            args=(tweet_id,),
+            job_id=job_id(tweet_id),
+            retry=Retry(max=len(RETRY_INTERVALS), interval=RETRY_INTERVALS, enqueue_at_front=True),
+            result_ttl=0,
+            failure_ttl=7 * 24 * 3600,
+            at_front=ticket is None,
+            pipeline=pipe,
+        )
+        if ticket is not None:
+            pipe.zrem(RESERVATIONS_KEY, ticket.token)
+        pipe.execute()
     # The worker may already be running the job: only a pending row becomes queued.
     Fanout.objects.filter(pk=tweet_id).update(
         enqueued_at=now,
         state=Case(When(state=Fanout.State.PENDING, then=Value(Fanout.State.QUEUED)), default="state"),
     )
+
+
+def depth() -> int:
+    """Fan-out jobs waiting to start (reservations not counted)."""
+    return int(timelines.connection().llen(QUEUE_KEY))

@@ -1,7 +1,17 @@
-"""RQ entry points. Each takes ids only (jobs are JSON-serialized) and makes one call."""
+"""RQ entry points. Each takes ids only (jobs are JSON-serialized) and makes one call.
 
-from fanout import delivery
+The queue's own measurements (how long the job waited) are taken here, at the job boundary,
+because only here is the job known to have come off the queue.
+"""
+
+from django.utils import timezone
+from rq import get_current_job
+
+from fanout import delivery, metrics
 
 
 def fanout_tweet(tweet_id: int) -> None:
+    job = get_current_job()
+    if job is not None and job.enqueued_at is not None:
+        metrics.record_start(waited_seconds=(timezone.now() - job.enqueued_at).total_seconds())
     delivery.deliver_tweet(tweet_id=tweet_id)

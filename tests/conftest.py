@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -18,12 +20,15 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import Client
 from django_rq import get_connection, get_worker
+from redis import Redis
 
 from fanout.admission import WORKER_QUEUES
 from fanout.management.commands.fanout_worker import SERIALIZER
 
 User = get_user_model()
 BASE_DIR = Path(__file__).resolve().parent.parent
+LIVE_REDIS_URL = os.environ["REDIS_URL"].rsplit("/", 1)[0] + "/1"
+CLEARED_PER_TEST = ("tl:*", "rq:queue:*", "rq:job:*", "rq:wip:*", "fanout:*", "metrics:*", "ratelimit:*", "presence:*")
 _names = itertools.count()
 
 
@@ -34,9 +39,10 @@ def redis():
     Not FLUSHDB: the live workers of the end-to-end tests keep their registration keys.
     """
     connection = get_connection("fanout")
-    keys = [k for pattern in ("tl:*", "rq:queue:*", "rq:job:*", "rq:wip:*") for k in connection.keys(pattern)]
-    if keys:
-        connection.delete(*keys)
+    for db in (connection, Redis.from_url(LIVE_REDIS_URL)):
+        keys = [k for pattern in CLEARED_PER_TEST for k in db.keys(pattern)]
+        if keys:
+            db.delete(*keys)
     return connection
 
 
@@ -45,9 +51,19 @@ class LiveApp:
     url: str
     processes: dict[str, subprocess.Popen]
     env: dict[str, str]
+    urls: list[str]
 
     def ws_url(self, path: str = "/ws/timeline/") -> str:
         return self.url.replace("http://", "ws://") + path
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 def _wait_for_http(url: str, *, timeout: float, processes: dict[str, subprocess.Popen]) -> None:
@@ -66,48 +82,52 @@ def _wait_for_http(url: str, *, timeout: float, processes: dict[str, subprocess.
     raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f}s")
 
 
-@pytest.fixture(scope="session")
-def live_app(django_db_setup, tmp_path_factory) -> Iterator[LiveApp]:
-    """Real processes on the test database and Redis: daphne on a free port and one fan-out worker.
-
-    Tests that use it need ``transactional_db`` so that what they write is committed and seen.
-    """
+def start_live_app(logs: Path, *, redis_url: str, webs: int = 1, workers: int = 1, **env_overrides: str) -> LiveApp:
+    """Real processes on the test database: ``webs`` daphne servers and ``workers`` fan-out workers."""
     from fanout.redis_server import free_port
 
-    port = free_port()
-    logs = tmp_path_factory.mktemp("live-logs")
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{settings.DATABASES['default']['NAME']}",
-        "REDIS_URL": os.environ["REDIS_URL"],
-        "PORT": str(port),
+        "REDIS_URL": redis_url,
         "DJANGO_DEBUG": "0",
         "PYTHONUNBUFFERED": "1",
+        **env_overrides,
     }
+    logs.mkdir(parents=True, exist_ok=True)
+    ports = [free_port() for _ in range(webs)]
     commands = {
-        "daphne": [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "timeline.asgi:application"],
-        "worker": [sys.executable, "manage.py", "fanout_worker", "-v", "0"],
+        f"daphne{i}": [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "timeline.asgi:application"]
+        for i, port in enumerate(ports)
     }
+    commands.update({f"worker{i}": [sys.executable, "manage.py", "fanout_worker", "-v", "0"] for i in range(workers)})
     processes = {
         name: subprocess.Popen(cmd, cwd=BASE_DIR, env=env, stdout=(logs / f"{name}.log").open("w"), stderr=subprocess.STDOUT)
         for name, cmd in commands.items()
     }
+    app = LiveApp(url=f"http://127.0.0.1:{ports[0]}", processes=processes, env=env,
+                  urls=[f"http://127.0.0.1:{p}" for p in ports])
     try:
-        _wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=30, processes=processes)
-        yield LiveApp(url=f"http://127.0.0.1:{port}", processes=processes, env=env)
+        for url in app.urls:
+            _wait_for_http(f"{url}/healthz", timeout=30, processes=processes)
+    except BaseException:
+        app.stop()
+        raise
+    return app
+
+
+@pytest.fixture(scope="session")
+def live_app(django_db_setup, tmp_path_factory) -> Iterator[LiveApp]:
+    """daphne on a free port and one fan-out worker, as real processes on the test database.
+
+    Tests that use it need ``transactional_db`` so that what they write is committed and seen.
+    """
+    # Its own Redis database: its worker must not take the jobs of tests that run their own.
+    app = start_live_app(tmp_path_factory.mktemp("live-logs"), redis_url=LIVE_REDIS_URL)
+    try:
+        yield app
     finally:
-        for process in processes.values():
-            process.terminate()
-        for process in processes.values():
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+        app.stop()
 
 
 @pytest.fixture
@@ -144,3 +164,26 @@ def run_worker():
 
 def new_client_id() -> str:
     return str(uuid.uuid4())
+
+
+def session_cookie(user) -> str:
+    """A session cookie for ``user``, usable against the live server (same database and key)."""
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}"
+
+
+def post_json(url: str, payload: dict, *, cookie: str, timeout: float = 10) -> tuple[int, dict[str, str], dict]:
+    """POST JSON to a live server as a logged-in browser would (session cookie + CSRF pair)."""
+    token = "t" * 32  # the CSRF check compares the cookie with the header
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json", "X-CSRFToken": token, "Cookie": f"{cookie}; csrftoken={token}"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), json.load(error)

@@ -130,7 +130,7 @@ def test_user_tweets_page_newest_first(make_user, client_for):
     assert second["next_before"] is None
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "before=-1", "before=abc", "after=-5", "after=1.5"])
+@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "before=-1", "before=abc", "after=-5", "after=1.5", "before=99999999999999999999999"])
 def test_bad_paging_parameters_are_400(make_user, client_for, query):
     response = client_for(make_user()).get(f"/api/timeline/home?{query}")
     assert response.status_code == 400

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.request
 import uuid
 
 import pytest
@@ -13,26 +12,20 @@ import websockets
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
-from django.test import Client
 
 from fanout import presence, push
 from timeline.asgi import application
+from tests.conftest import post_json, session_cookie
 from timeline.services import follow_create
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ORIGIN = (b"origin", b"http://127.0.0.1")
 
 
-def session_cookie(user) -> bytes:
-    client = Client()
-    client.force_login(user)
-    return f"sessionid={client.cookies['sessionid'].value}".encode()
-
-
 async def connect(user=None, origin=ORIGIN) -> tuple[WebsocketCommunicator, bool]:
     headers = [origin, (b"host", b"127.0.0.1")]
     if user is not None:
-        headers.append((b"cookie", await sync_to_async(session_cookie)(user)))
+        headers.append((b"cookie", (await sync_to_async(session_cookie)(user)).encode()))
     communicator = WebsocketCommunicator(application, "/ws/timeline/", headers=headers)
     connected, _ = await communicator.connect(timeout=5)
     return communicator, connected
@@ -86,25 +79,15 @@ async def test_client_cannot_join_another_group_and_bad_frames_close_the_socket(
 
 
 def api_post_tweet(live_app, user, body: str) -> dict:
-    """POST /api/tweets to the live server as a browser would: session cookie and CSRF pair."""
-    token = "t" * 32  # the CSRF check compares the cookie with the header
-    request = urllib.request.Request(
-        live_app.url + "/api/tweets",
-        data=json.dumps({"body": body, "client_id": str(uuid.uuid4())}).encode(),
-        headers={
-            "Content-Type": "application/json",
-            "X-CSRFToken": token,
-            "Cookie": f"{session_cookie(user).decode()}; csrftoken={token}",
-        },
-        method="POST",
+    status, _, answer = post_json(
+        live_app.url + "/api/tweets", {"body": body, "client_id": str(uuid.uuid4())}, cookie=session_cookie(user)
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 202
-        return json.load(response)
+    assert status == 202
+    return answer
 
 
 async def open_socket(live_app, user):
-    cookie = (await sync_to_async(session_cookie)(user)).decode()
+    cookie = await sync_to_async(session_cookie)(user)
     return await websockets.connect(
         live_app.ws_url(), additional_headers={"Cookie": cookie}, origin=live_app.url, open_timeout=10
     )
@@ -151,7 +134,7 @@ async def test_anonymous_and_cross_origin_sockets_are_refused_by_daphne(live_app
     with pytest.raises(websockets.exceptions.InvalidStatus):
         await websockets.connect(live_app.ws_url(), origin=live_app.url, open_timeout=10)
     user = await sync_to_async(make_user)()
-    cookie = (await sync_to_async(session_cookie)(user)).decode()
+    cookie = await sync_to_async(session_cookie)(user)
     with pytest.raises(websockets.exceptions.InvalidStatus):
         await websockets.connect(
             live_app.ws_url(), additional_headers={"Cookie": cookie}, origin="http://evil.example", open_timeout=10

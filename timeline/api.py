@@ -7,6 +7,7 @@ Errors all look alike: ``{"error": {"code", "message", "fields"}}``. An anonymou
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -17,12 +18,18 @@ from django.db import IntegrityError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.csrf import csrf_failure as html_csrf_failure
 from django.views.decorators.csrf import ensure_csrf_cookie
+from redis.exceptions import RedisError
+
+from fanout import metrics
+from fanout.admission import RETRY_AFTER_MAX, Overloaded, RateLimited
 
 from timeline import selectors, services
 from timeline.forms import SignupForm, TweetForm
 from timeline.payloads import fanout_payload, tweet_payload, user_payload
 
 User = get_user_model()
+logger = logging.getLogger(__name__)
+MAX_ID = 2**63 - 1  # ids are 64-bit database keys; a larger number is a bad request, not a page
 
 
 class ApiError(Exception):
@@ -43,7 +50,7 @@ def invalid(errors: dict[str, list[str]]) -> ApiError:
     return ApiError(400, "invalid", "Some fields need another look.", _fields(errors))
 
 
-def api_view(*methods: str, login_required: bool = True) -> Callable:
+def api_view(*methods: str, login_required: bool = True, staff_required: bool = False) -> Callable:
     def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
         @wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -53,12 +60,31 @@ def api_view(*methods: str, login_required: bool = True) -> Callable:
                 return response
             if login_required and not request.user.is_authenticated:
                 return error_response(401, "unauthenticated", "Log in first.")
+            if staff_required and not (request.user.is_authenticated and request.user.is_staff):
+                return error_response(403, "forbidden", "Staff only.")
             try:
                 return view(request, *args, **kwargs)
             except ApiError as exc:
                 return error_response(exc.status, exc.code, exc.message, exc.fields)
             except ValidationError as exc:
                 return error_response(400, "invalid", "Some fields need another look.", _fields(_error_dict(exc)))
+            except Overloaded as exc:
+                response = error_response(
+                    503, "overloaded", f"Busy delivering other tweets; try again in {exc.retry_after} s. Nothing was posted."
+                )
+                response["Retry-After"] = str(exc.retry_after)
+                return response
+            except RateLimited as exc:
+                response = error_response(
+                    429, "rate_limited", f"You are posting very fast; try again in {exc.retry_after} s."
+                )
+                response["Retry-After"] = str(exc.retry_after)
+                return response
+            except RedisError:
+                logger.exception("Redis unavailable during %s %s", request.method, request.path)
+                response = error_response(503, "unavailable", "The queue is unreachable for a moment; try again.")
+                response["Retry-After"] = str(RETRY_AFTER_MAX)
+                return response
 
         return wrapper
 
@@ -178,8 +204,8 @@ def home_timeline(request: HttpRequest) -> HttpResponse:
     page = selectors.home_timeline(
         user=request.user,
         limit=query_int(request, "limit", default=selectors.DEFAULT_PAGE_SIZE, high=selectors.MAX_PAGE_SIZE),
-        before=query_int(request, "before"),
-        after=query_int(request, "after", low=0),
+        before=query_int(request, "before", high=MAX_ID),
+        after=query_int(request, "after", low=0, high=MAX_ID),
     )
     return JsonResponse(_page_payload(page))
 
@@ -206,7 +232,7 @@ def user_tweets(request: HttpRequest, username: str) -> HttpResponse:
     page = selectors.user_tweets(
         author=_user_or_404(username),
         limit=query_int(request, "limit", default=selectors.DEFAULT_PAGE_SIZE, high=selectors.MAX_PAGE_SIZE),
-        before=query_int(request, "before"),
+        before=query_int(request, "before", high=MAX_ID),
     )
     return JsonResponse(_page_payload(page))
 
@@ -221,6 +247,11 @@ def follow(request: HttpRequest, username: str) -> HttpResponse:
         return HttpResponse(status=204)
     services.follow_create(follower=request.user, followee=followee)
     return user_detail.__wrapped__(request, username)
+
+
+@api_view("GET", staff_required=True)
+def stats(request: HttpRequest) -> HttpResponse:
+    return JsonResponse(metrics.snapshot())
 
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:

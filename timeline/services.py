@@ -17,7 +17,7 @@ from django.db import IntegrityError, transaction
 from redis.exceptions import RedisError
 
 from fanout import timelines
-from fanout.admission import enqueue_fanout
+from fanout import admission
 from fanout.models import Fanout
 from timeline.models import TWEET_MAX_LENGTH, Follow, Tweet
 
@@ -70,27 +70,34 @@ def tweet_create(*, author: AbstractBaseUser, body: str, client_id: uuid.UUID) -
         return PostResult(existing, created=False)
     tweet = Tweet(author=author, body=body, client_id=client_id)
     tweet.full_clean(validate_unique=False)
+    # Back pressure before any write: over the queue cap this raises Overloaded and nothing
+    # is made (see fanout.admission). The ticket holds a queue slot until the enqueue.
+    ticket = admission.admit(author_id=author.pk)
     try:
         with transaction.atomic():
             tweet.save()
             Fanout.objects.create(tweet=tweet)
-            transaction.on_commit(partial(_after_tweet_commit, tweet))
+            transaction.on_commit(partial(_after_tweet_commit, tweet, ticket))
     except IntegrityError:
+        admission.release(ticket)
         # The same client_id raced in from a concurrent retry and won: answer with its tweet.
         existing = Tweet.objects.filter(author=author, client_id=client_id).select_related("author").first()
         if existing is None:
             raise
         return PostResult(existing, created=False)
+    except BaseException:
+        admission.release(ticket)
+        raise
     return PostResult(tweet, created=True)
 
 
-def _after_tweet_commit(tweet: Tweet) -> None:
+def _after_tweet_commit(tweet: Tweet, ticket: admission.Ticket) -> None:
     # The tweet is committed, so it is accepted whatever happens next. If Redis fails here the
     # outbox relay enqueues the fan-out that is still pending, and the author's timeline is
     # rebuilt from the database on read: log it and answer all the same. The two steps are
     # independent, so neither failure may skip the other.
     try:
-        enqueue_fanout(tweet.pk)
+        admission.enqueue_fanout(tweet.pk, ticket=ticket)
     except RedisError:
         logger.exception("tweet %s committed but not queued; the outbox relay will queue it", tweet.pk)
     try:

@@ -69,7 +69,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+    # A file, not memory, so that the daphne and worker processes of the end-to-end tests share
+    # it; named per test run, so that two runs on one checkout do not trample each other.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-db-{config.os.getpid()}.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = config.env_redis_url("REDIS_URL", f"unix://{VAR_DIR / 'redis' / 'redis.sock'}")
@@ -80,15 +82,30 @@ FANOUT_QUEUE_CAP = config.env_int("FANOUT_QUEUE_CAP", 200)
 FANOUT_BATCH_SIZE = config.env_int("FANOUT_BATCH_SIZE", 1000, minimum=1, maximum=100_000)
 TIMELINE_CAP = config.env_int("TIMELINE_CAP", 800, minimum=10, maximum=100_000)
 
+# A per-author rate limit, which is not overload: over it, POST /api/tweets answers 429.
+TWEET_RATE_LIMIT = config.env_int("TWEET_RATE_LIMIT", 60)  # tweets per window; 0 turns it off
+TWEET_RATE_WINDOW = config.env_int("TWEET_RATE_WINDOW", 60, minimum=1, maximum=86400)  # seconds
+
 RQ_QUEUES = {
     name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 300, "SERIALIZER": "rq.serializers.JSONSerializer"}
     for name in ("fanout", "default")
 }
 RQ_SHOW_ADMIN_LINK = True
 
+# The channel layer for live push: "redis" (channels_redis' list-based layer) or "pubsub" (its
+# Redis pub/sub layer). bench/live_latency.py measures both; see docs/benchmarks.md.
+_CHANNEL_LAYER_BACKENDS = {
+    "redis": "channels_redis.core.RedisChannelLayer",
+    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+}
+_channel_layer = config.os.environ.get("CHANNEL_LAYER", "").strip().lower() or "redis"
+if _channel_layer not in _CHANNEL_LAYER_BACKENDS:
+    raise config.ConfigError(
+        "CHANNEL_LAYER", f"must be one of {', '.join(_CHANNEL_LAYER_BACKENDS)}, got {_channel_layer!r}"
+    )
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": _CHANNEL_LAYER_BACKENDS[_channel_layer],
         "CONFIG": {"hosts": [REDIS_URL]},
     }
 }

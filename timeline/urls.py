@@ -29,6 +29,7 @@ api_patterns = [
     path("users/<username:username>", api.user_detail, name="user"),
     path("users/<username:username>/tweets", api.user_tweets, name="user-tweets"),
     path("users/<username:username>/follow", api.follow, name="follow"),
+    path("stats", api.stats, name="stats"),
 ]
 
 urlpatterns = [

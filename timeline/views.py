@@ -9,12 +9,13 @@ from django.contrib.auth import get_user_model, login
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.db import connection
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 from redis.exceptions import RedisError
 
 from fanout import timelines
+from fanout.admission import Overloaded, RateLimited
 from timeline import selectors, services
 from timeline.forms import SignupForm, TweetForm
 from timeline.models import TWEET_MAX_LENGTH
@@ -22,10 +23,11 @@ from timeline.models import TWEET_MAX_LENGTH
 User = get_user_model()
 
 
-def _home_context(request: HttpRequest, form: TweetForm | None = None) -> dict:
-    page = selectors.home_timeline(user=request.user)
+def _home_context(request: HttpRequest, form: TweetForm | None = None, *, before: int | None = None) -> dict:
+    page = selectors.home_timeline(user=request.user, before=before)
     return {
         "page": page,
+        "before": before,
         "form": form or TweetForm(initial={"client_id": uuid.uuid4()}),
         "tweet_max_length": TWEET_MAX_LENGTH,
     }
@@ -34,7 +36,12 @@ def _home_context(request: HttpRequest, form: TweetForm | None = None) -> dict:
 @login_required
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "timeline/home.html", _home_context(request))
+    """The home timeline; ``?before=<tweet id>`` is the page older than that tweet (the "Older" link)."""
+    raw = request.GET.get("before", "")
+    # Ids are 64-bit database keys: anything else is a hand-edited URL, not an older page.
+    if raw and not (raw.isascii() and raw.isdigit() and 0 < int(raw) < 2**63):
+        return HttpResponseBadRequest("before must be a tweet id: a positive whole number.", content_type="text/plain")
+    return render(request, "timeline/home.html", _home_context(request, before=int(raw) if raw else None))
 
 
 @login_required
@@ -42,6 +49,7 @@ def home(request: HttpRequest) -> HttpResponse:
 def compose(request: HttpRequest) -> HttpResponse:
     """The compose form without JavaScript: a plain POST, then a redirect home."""
     form = TweetForm(request.POST)
+    status = 400
     if form.is_valid():
         try:
             services.tweet_create(author=request.user, **form.cleaned_data)
@@ -49,10 +57,16 @@ def compose(request: HttpRequest) -> HttpResponse:
             for field, errors in exc.message_dict.items():
                 for error in errors:
                     form.add_error(field if field in form.fields else None, error)
+        except (Overloaded, RateLimited) as exc:
+            status = 503 if isinstance(exc, Overloaded) else 429
+            form.add_error(None, f"Too busy to post right now: nothing was posted. Try again in {exc.retry_after} s.")
         else:
             return redirect("home")
     # Keep what was typed, and the same client_id, so pressing Post again cannot make two.
-    return render(request, "timeline/home.html", _home_context(request, form), status=400)
+    response = render(request, "timeline/home.html", _home_context(request, form), status=status)
+    if status != 400:
+        response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 @require_GET

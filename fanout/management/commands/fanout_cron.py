@@ -1,4 +1,5 @@
-"""Periodic work, in one small process: the outbox relay every few seconds."""
+"""Periodic chores, in one small process: sample the queue depth every second, run the
+outbox relay every few seconds, and prune expired presence marks now and then."""
 
 import logging
 import time
@@ -6,24 +7,34 @@ import time
 from django.core.management.base import BaseCommand
 from redis.exceptions import RedisError
 
+from fanout import metrics, presence
 from fanout.relay import relay_pending_fanouts
 
 logger = logging.getLogger("fanout.cron")
 
+RELAY_EVERY = 5  # seconds
+PRUNE_EVERY = 60
+
 
 class Command(BaseCommand):
-    help = "Run periodic fan-out chores (the outbox relay) until stopped."
+    help = "Run periodic fan-out chores until stopped."
 
     def add_arguments(self, parser):
-        parser.add_argument("--interval", type=float, default=5.0, help="Seconds between rounds.")
-        parser.add_argument("--once", action="store_true", help="Run one round and exit.")
+        parser.add_argument("--once", action="store_true", help="Run every chore once and exit.")
 
-    def handle(self, *args, interval: float, once: bool, **options):
+    def handle(self, *args, once: bool, **options):
+        tick = 0
         while True:
+            started = time.monotonic()
             try:
-                relay_pending_fanouts()
+                metrics.sample_depth()
+                if once or tick % RELAY_EVERY == 0:
+                    relay_pending_fanouts()
+                if once or tick % PRUNE_EVERY == 0:
+                    presence.prune()
             except RedisError:
-                logger.exception("relay round failed; trying again next round")
+                logger.exception("chores failed this round; trying again next second")
             if once:
                 return
-            time.sleep(interval)
+            tick += 1
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))

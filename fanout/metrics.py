@@ -1,0 +1,127 @@
+"""Queue metrics in Redis, in one-second buckets, shared by every web and worker process.
+
+What Little's law needs, measured rather than assumed: the arrival rate (tweets admitted,
+lambda), the drain rate (jobs leaving the queue for a worker, mu), the mean time a job waited
+in the queue (W), and the depth itself (L), sampled once a second. With those, L = lambda x W
+can be checked against the measured depth, and Retry-After estimated as depth / mu.
+
+Buckets expire after ``KEEP_SECONDS``; nothing here grows without bound.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.conf import settings
+from redis import Redis
+
+from fanout import timelines
+
+KEEP_SECONDS = 900
+# Rates and means are taken over this many whole seconds before the current one.
+WINDOW_SECONDS = 10
+HISTORY_SECONDS = 120
+SERIES = ("arrivals", "shed", "started", "wait_ms", "depth")
+
+
+def _key(name: str, second: int) -> str:
+    return f"metrics:{name}:{second}"
+
+
+def _add(name: str, amount: float = 1, *, redis: Redis | None = None) -> None:
+    redis = redis or timelines.connection()
+    key = _key(name, int(time.time()))
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.incrbyfloat(key, amount)
+        pipe.expire(key, KEEP_SECONDS)
+        pipe.execute()
+
+
+def record_arrival(*, redis: Redis | None = None) -> None:
+    _add("arrivals", redis=redis)
+
+
+def record_shed(*, redis: Redis | None = None) -> None:
+    _add("shed", redis=redis)
+    (redis or timelines.connection()).incr("metrics:shed_total")
+
+
+def record_start(*, waited_seconds: float, redis: Redis | None = None) -> None:
+    redis = redis or timelines.connection()
+    _add("started", redis=redis)
+    _add("wait_ms", max(waited_seconds, 0.0) * 1000, redis=redis)
+
+
+def sample_depth(*, redis: Redis | None = None) -> int:
+    """Record the queue depth for this second (the cron process calls this every second)."""
+    from fanout.admission import QUEUE_KEY
+
+    redis = redis or timelines.connection()
+    depth = int(redis.llen(QUEUE_KEY))
+    redis.set(_key("depth", int(time.time())), depth, ex=KEEP_SECONDS)
+    return depth
+
+
+def _series(redis: Redis, seconds: list[int]) -> dict[str, list[float | None]]:
+    with redis.pipeline(transaction=False) as pipe:
+        for name in SERIES:
+            pipe.mget([_key(name, s) for s in seconds])
+        values = pipe.execute()
+    out: dict[str, list[float | None]] = {}
+    for name, raw in zip(SERIES, values):
+        default = None if name == "depth" else 0.0
+        out[name] = [float(v) if v is not None else default for v in raw]
+    return out
+
+
+def drain_rate(*, redis: Redis | None = None) -> float:
+    """Jobs per second leaving the fan-out queue, over the last WINDOW_SECONDS."""
+    redis = redis or timelines.connection()
+    now = int(time.time())
+    started = redis.mget([_key("started", s) for s in range(now - WINDOW_SECONDS, now)])
+    return sum(float(v) for v in started if v is not None) / WINDOW_SECONDS
+
+
+def snapshot(*, redis: Redis | None = None) -> dict[str, Any]:
+    """Everything /api/stats and the ops page show."""
+    from fanout.admission import QUEUE_KEY, RESERVATIONS_KEY
+    from rq import Worker
+
+    redis = redis or timelines.connection()
+    depth = sample_depth(redis=redis)
+    now = int(time.time())
+    seconds = list(range(now - HISTORY_SECONDS, now))
+    series = _series(redis, seconds)
+    window = slice(-WINDOW_SECONDS, None)
+    arrivals = sum(series["arrivals"][window]) / WINDOW_SECONDS
+    started = sum(series["started"][window])
+    drain = started / WINDOW_SECONDS
+    shed = sum(series["shed"][window]) / WINDOW_SECONDS
+    wait = (sum(series["wait_ms"][window]) / 1000 / started) if started else 0.0
+    depths = [d for d in series["depth"][window] if d is not None]
+    workers = Worker.all(connection=redis)
+    return {
+        "time": time.time(),
+        "queue": {
+            "depth": depth,
+            "reserved": int(redis.zcard(RESERVATIONS_KEY)),
+            "cap": settings.FANOUT_QUEUE_CAP,
+            "key": QUEUE_KEY,
+        },
+        "rates": {"arrival": arrivals, "drain": drain, "shed": shed, "window_seconds": WINDOW_SECONDS},
+        "wait_seconds": wait,
+        "littles_law": {"measured_depth": (sum(depths) / len(depths)) if depths else float(depth), "lambda_x_w": arrivals * wait},
+        "shed_total": int(redis.get("metrics:shed_total") or 0),
+        "workers": {"total": len(workers), "busy": sum(1 for w in workers if w.get_state() == "busy")},
+        "history": {
+            "t": seconds,
+            "depth": series["depth"],
+            "arrivals": series["arrivals"],
+            "drain": series["started"],
+            "shed": series["shed"],
+            "wait_seconds": [
+                (w / 1000 / s) if s else None for w, s in zip(series["wait_ms"], series["started"])
+            ],
+        },
+    }

@@ -1,0 +1,180 @@
+"""Back pressure: the queue cap, 503 with a computed Retry-After, the rate limit, and stats."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django_rq import get_queue
+from redis import Redis
+
+from fanout import admission, metrics
+from fanout.admission import FANOUT_QUEUE, QUEUE_KEY, RESERVATIONS_KEY
+from fanout.models import Fanout
+from tests.conftest import post_json, session_cookie, start_live_app
+from timeline.models import Tweet
+from timeline.services import follow_create
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def post(client, client_id=None, body="hello"):
+    payload = {"body": body, "client_id": client_id or str(uuid.uuid4())}
+    return client.post("/api/tweets", data=json.dumps(payload), content_type="application/json")
+
+
+def test_over_the_cap_is_503_with_retry_after_and_nothing_is_made(make_user, client_for, settings):
+    settings.FANOUT_QUEUE_CAP = 5
+    client = client_for(make_user())
+    answers = [post(client) for _ in range(8)]
+
+    assert [a.status_code for a in answers] == [202] * 5 + [503] * 3
+    for shed in answers[5:]:
+        assert shed.json()["error"]["code"] == "overloaded"
+        assert 1 <= int(shed["Retry-After"]) <= admission.RETRY_AFTER_MAX
+    assert Tweet.objects.count() == Fanout.objects.count() == 5
+    assert get_queue(FANOUT_QUEUE).count == 5
+
+
+def test_a_shed_post_retried_with_the_same_client_id_makes_exactly_one_tweet(make_user, client_for, settings, run_worker):
+    settings.FANOUT_QUEUE_CAP = 1
+    client = client_for(make_user())
+    assert post(client).status_code == 202
+    client_id = str(uuid.uuid4())
+    assert post(client, client_id).status_code == 503
+
+    run_worker()  # the queue drains
+    retried = post(client, client_id)
+    again = post(client, client_id)
+
+    assert (retried.status_code, again.status_code) == (202, 200)
+    assert Tweet.objects.filter(client_id=client_id).count() == 1
+
+
+def test_cap_zero_turns_admission_off(make_user, client_for, settings):
+    settings.FANOUT_QUEUE_CAP = 0
+    client = client_for(make_user())
+    assert all(post(client).status_code == 202 for _ in range(30))
+
+
+def test_retry_after_is_depth_over_the_measured_drain_rate(redis):
+    now = int(time.time())
+    # 4 jobs a second left the queue over the whole window.
+    for second in range(now - metrics.WINDOW_SECONDS, now):
+        redis.set(metrics._key("started", second), 4)
+    assert metrics.drain_rate() == pytest.approx(4.0)
+    assert admission.retry_after(depth=20) == 5
+    assert admission.retry_after(depth=1) == admission.RETRY_AFTER_MIN
+    assert admission.retry_after(depth=10_000) == admission.RETRY_AFTER_MAX
+
+
+def test_retry_after_with_no_drain_is_the_maximum(redis):
+    assert admission.retry_after(depth=3) == admission.RETRY_AFTER_MAX
+
+
+def test_a_reservation_left_by_a_dead_process_expires(settings, redis, make_user):
+    settings.FANOUT_QUEUE_CAP = 1
+    user = make_user()
+    admission.admit(author_id=user.pk)  # never enqueued nor released: the process "died"
+    with pytest.raises(admission.Overloaded):
+        admission.admit(author_id=user.pk)
+    # Move the reservation's expiry into the past, as time would.
+    token = redis.zrange(RESERVATIONS_KEY, 0, -1)[0]
+    redis.zadd(RESERVATIONS_KEY, {token: time.time() - 1})
+    ticket = admission.admit(author_id=user.pk)
+    admission.release(ticket)
+    assert redis.zcard(RESERVATIONS_KEY) == 0
+
+
+def test_rate_limit_is_429_not_503_and_makes_nothing(make_user, client_for, settings):
+    settings.TWEET_RATE_LIMIT = 3
+    user = make_user()
+    client = client_for(user)
+    answers = [post(client) for _ in range(4)]
+    assert [a.status_code for a in answers] == [202, 202, 202, 429]
+    assert answers[-1].json()["error"]["code"] == "rate_limited"
+    assert int(answers[-1]["Retry-After"]) >= 1
+    assert Tweet.objects.count() == 3
+    # Another author is not limited by this one.
+    assert post(client_for(make_user())).status_code == 202
+
+
+def test_stats_are_staff_only(make_user, client_for, client):
+    assert client.get("/api/stats").status_code == 401
+    assert client_for(make_user()).get("/api/stats").status_code == 403
+    data = client_for(make_user(is_staff=True)).get("/api/stats").json()
+    assert data["queue"]["cap"] >= 0 and data["queue"]["depth"] == 0
+    assert set(data["rates"]) >= {"arrival", "drain", "shed"}
+    assert len(data["history"]["t"]) == len(data["history"]["depth"]) == metrics.HISTORY_SECONDS
+
+
+def test_stats_count_arrivals_and_shed(make_user, client_for, settings):
+    settings.FANOUT_QUEUE_CAP = 2
+    poster = client_for(make_user())
+    for _ in range(5):
+        post(poster)
+    data = client_for(make_user(is_staff=True)).get("/api/stats").json()
+    assert data["shed_total"] == 3
+    assert data["queue"]["depth"] == 2
+
+
+@pytest.mark.e2e
+def test_admission_holds_under_concurrent_posters_on_two_web_processes(make_user, tmp_path, redis):
+    """Many posters, two daphne processes, no worker: the depth never passes the cap,
+    every 503 carries Retry-After and left nothing behind, and every 202 is delivered."""
+    cap = 15
+    redis_url = redis.connection_pool.connection_kwargs
+    url = f"redis://127.0.0.1:{redis_url['port']}/2"
+    db = Redis.from_url(url)
+    db.flushdb()
+    authors = [make_user() for _ in range(6)]
+    reader = make_user()
+    for author in authors:
+        follow_create(follower=reader, followee=author)
+    app = start_live_app(tmp_path, redis_url=url, webs=2, workers=0, FANOUT_QUEUE_CAP=str(cap), TWEET_RATE_LIMIT="0")
+    try:
+        cookies = [session_cookie(a) for a in authors]
+        max_depth, stop = [0], threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                max_depth[0] = max(max_depth[0], db.llen(QUEUE_KEY) + db.zcard(RESERVATIONS_KEY))
+
+        def attempt(i: int):
+            return post_json(
+                f"{app.urls[i % 2]}/api/tweets",
+                {"body": f"post {i}", "client_id": str(uuid.uuid4())},
+                cookie=cookies[i % len(cookies)],
+            )
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            answers = list(pool.map(attempt, range(60)))
+        stop.set()
+        sampler.join()
+
+        accepted = [body["tweet"]["id"] for status, _, body in answers if status == 202]
+        shed = [(headers, body) for status, headers, body in answers if status == 503]
+        assert len(accepted) == cap and len(shed) == 60 - cap
+        assert max_depth[0] <= cap
+        assert db.llen(QUEUE_KEY) == cap
+        for headers, body in shed:
+            assert body["error"]["code"] == "overloaded" and int(headers["Retry-After"]) >= 1
+        assert sorted(Tweet.objects.values_list("id", flat=True)) == sorted(accepted)
+
+        worker = start_live_app(tmp_path / "w", redis_url=url, webs=1, workers=1)
+        try:
+            deadline = time.monotonic() + 30
+            while Fanout.objects.filter(state="done").count() < cap:
+                assert time.monotonic() < deadline, "accepted tweets were not all delivered in time"
+                time.sleep(0.05)
+        finally:
+            worker.stop()
+        assert set(Fanout.objects.values_list("delivered", flat=True)) == {1}
+    finally:
+        app.stop()
