@@ -73,6 +73,8 @@ def deliver_tweet(*, tweet_id: int) -> None:
         Fanout.objects.filter(pk=tweet_id).update(
             state=Fanout.State.FAILED, last_error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=timezone.now()
         )
+        failed = push.fanout_event(tweet_id=tweet_id, delivered=delivered, recipients=recipients, state="failed")
+        push.send([(author_id, failed)])
         raise
     # Follows made or removed while the job ran make the first count approximate; what was
     # delivered is the true number of recipients.

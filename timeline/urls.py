@@ -41,6 +41,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("signup/", views.signup, name="signup"),
     path("healthz", views.healthz, name="healthz"),
+    path("ops/", views.ops, name="ops"),
     path("api/", include((api_patterns, "api"))),
     path("admin/rq/", include("django_rq.urls")),
     path("admin/", admin.site.urls),

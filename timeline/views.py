@@ -6,6 +6,8 @@ import uuid
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model, login
+from django.conf import settings
+from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.db import connection
@@ -112,6 +114,13 @@ def signup(request: HttpRequest) -> HttpResponse:
     else:
         form = SignupForm()
     return render(request, "registration/signup.html", {"form": form}, status=400 if form.errors else 200)
+
+
+@staff_member_required
+@require_GET
+def ops(request: HttpRequest) -> HttpResponse:
+    """Live charts of the fan-out queue (drawn by static/js/ops.js from GET /api/stats)."""
+    return render(request, "ops.html", {"cap": settings.FANOUT_QUEUE_CAP})
 
 
 @require_GET

@@ -74,7 +74,7 @@ class Command(BaseCommand):
         return user
 
     def _fans(self, popular, count: int) -> None:
-        # One password hash for all of them: hashing a thousand passwords would take minutes.
+        # Fans exist to be followers; they cannot log in, so no password needs hashing.
         unusable = make_password(None)
         names = [f"fan{i:04d}" for i in range(count)]
         existing = set(User.objects.filter(username__in=names).values_list("username", flat=True))
