@@ -178,3 +178,15 @@ def test_admission_holds_under_concurrent_posters_on_two_web_processes(make_user
         assert set(Fanout.objects.values_list("delivered", flat=True)) == {1}
     finally:
         app.stop()
+
+
+def test_no_javascript_compose_over_the_cap_is_503_page_keeping_the_text(make_user, client_for, settings):
+    settings.FANOUT_QUEUE_CAP = 1
+    client = client_for(make_user())
+    assert post(client).status_code == 202
+    client_id = str(uuid.uuid4())
+    response = client.post("/tweets/new", {"body": "keep me", "client_id": client_id})
+    assert response.status_code == 503 and int(response["Retry-After"]) >= 1
+    html = response.content.decode()
+    assert "nothing was posted" in html and "keep me" in html and client_id in html
+    assert not Tweet.objects.filter(client_id=client_id).exists()

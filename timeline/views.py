@@ -51,7 +51,7 @@ def home(request: HttpRequest) -> HttpResponse:
 def compose(request: HttpRequest) -> HttpResponse:
     """The compose form without JavaScript: a plain POST, then a redirect home."""
     form = TweetForm(request.POST)
-    status = 400
+    status, retry_after = 400, None
     if form.is_valid():
         try:
             services.tweet_create(author=request.user, **form.cleaned_data)
@@ -61,13 +61,14 @@ def compose(request: HttpRequest) -> HttpResponse:
                     form.add_error(field if field in form.fields else None, error)
         except (Overloaded, RateLimited) as exc:
             status = 503 if isinstance(exc, Overloaded) else 429
-            form.add_error(None, f"Too busy to post right now: nothing was posted. Try again in {exc.retry_after} s.")
+            retry_after = exc.retry_after
+            form.add_error(None, f"Too busy to post right now: nothing was posted. Try again in {retry_after} s.")
         else:
             return redirect("home")
     # Keep what was typed, and the same client_id, so pressing Post again cannot make two.
     response = render(request, "timeline/home.html", _home_context(request, form), status=status)
-    if status != 400:
-        response["Retry-After"] = str(exc.retry_after)
+    if retry_after is not None:
+        response["Retry-After"] = str(retry_after)
     return response
 
 

@@ -1,0 +1,109 @@
+// A tweet element: built from the page's <template id="tweet-template"> (the same markup the
+// server renders from templates/timeline/_tweet.html), found again by id or client_id, and
+// given a status line. Everything from the server goes in through textContent.
+
+const TEMPLATE_ID = "tweet-template";
+
+export function profileUrl(username) {
+  return `/u/${encodeURIComponent(username)}/`;
+}
+
+// payload: {id, author: {username}, body, created_at, client_id}; id may be null for a tweet
+// drawn before the server has answered.
+export function renderTweet(payload) {
+  const template = document.getElementById(TEMPLATE_ID);
+  const el = template.content.firstElementChild.cloneNode(true);
+  fillTweet(el, payload);
+  return el;
+}
+
+export function fillTweet(el, payload) {
+  el.dataset.tweetId = payload.id ?? "";
+  el.dataset.clientId = payload.client_id ?? "";
+  const author = el.querySelector(".tweet-author");
+  author.textContent = payload.author.username;
+  author.href = profileUrl(payload.author.username);
+  el.querySelector(".tweet-body").textContent = payload.body;
+  setTime(el.querySelector(".tweet-time"), payload.created_at);
+}
+
+export function findTweetById(root, id) {
+  return root.querySelector(`.tweet[data-tweet-id="${CSS.escape(String(id))}"]`);
+}
+
+export function findTweetByClientId(root, clientId) {
+  return root.querySelector(`.tweet[data-client-id="${CSS.escape(String(clientId))}"]`);
+}
+
+// The one place a tweet's status line changes: posting (compose.js) now, live delivery progress
+// later. state is "" (no status), "sending", "failed" (the server did not take the tweet), or a
+// fan-out state: "pending", "queued", "running", "done", "delivery-failed".
+export function setStatus(el, state, text = "") {
+  const status = el.querySelector(".tweet-status");
+  status.dataset.state = state;
+  status.querySelector(".tweet-status-text").textContent = text;
+  status.querySelector(".tweet-retry").hidden = state !== "failed";
+  el.classList.toggle("is-sending", state === "sending");
+  el.classList.toggle("is-failed", state === "failed");
+  if (state === "sending") el.setAttribute("aria-busy", "true");
+  else el.removeAttribute("aria-busy");
+}
+
+function plural(count, one, many) {
+  return `${count} ${count === 1 ? one : many}`;
+}
+
+// A fan-out (as in the API: {state, recipients, delivered, ...}) as a status state and text.
+export function describeFanout(fanout) {
+  if (!fanout) return { state: "", text: "" };
+  switch (fanout.state) {
+    case "pending":
+    case "queued":
+      return { state: fanout.state, text: "Posted · queued for delivery" };
+    case "running":
+      return { state: "running", text: `Posted · delivering (${fanout.delivered} of ${fanout.recipients})` };
+    case "done":
+      return fanout.recipients === 0
+        ? { state: "done", text: "Posted · no followers to deliver to yet" }
+        : { state: "done", text: `Posted · delivered to ${plural(fanout.delivered, "follower", "followers")}` };
+    case "failed":
+      return { state: "delivery-failed", text: "Posted · delivery to followers failed; it will be retried" };
+    default:
+      return { state: String(fanout.state), text: `Posted · ${fanout.state}` };
+  }
+}
+
+// -- times ----------------------------------------------------------------------------------
+
+const fullFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+const dayFormat = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" });
+const dayYearFormat = new Intl.DateTimeFormat(undefined, { year: "numeric", month: "short", day: "numeric" });
+
+function shortTime(date, now = new Date()) {
+  const seconds = (now - date) / 1000;
+  if (seconds < 45) return "just now"; // also covers a client clock a little behind the server's
+  if (seconds < 3600) return `${Math.max(1, Math.round(seconds / 60))}m`;
+  if (seconds < 86400) return `${Math.floor(seconds / 3600)}h`;
+  return (date.getFullYear() === now.getFullYear() ? dayFormat : dayYearFormat).format(date);
+}
+
+export function setTime(timeEl, iso) {
+  timeEl.dateTime = iso ?? "";
+  showTime(timeEl);
+}
+
+function showTime(timeEl) {
+  const date = new Date(timeEl.dateTime);
+  if (!timeEl.dateTime || Number.isNaN(date.getTime())) {
+    timeEl.textContent = "";
+    timeEl.removeAttribute("title");
+    return;
+  }
+  timeEl.textContent = shortTime(date);
+  timeEl.title = fullFormat.format(date);
+}
+
+// Server-rendered times are absolute and in UTC; show them relative, in the reader's zone.
+export function localizeTimes(root = document) {
+  root.querySelectorAll("time.tweet-time").forEach(showTime);
+}

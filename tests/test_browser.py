@@ -1,0 +1,288 @@
+"""The web UI in a real browser: Debian's Chromium driven by Playwright, against live daphne.
+
+The pages are served by ``live_app`` (daphne and a fan-out worker on the test database and the
+test Redis), so what the browser sees is what a user would: templates, static files, the JSON
+API and the background fan-out all run for real.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
+
+from timeline import selectors, services
+from timeline.models import Follow, Tweet
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PASSWORD = "a-long-test-password"  # make_user's default
+TIMEOUT_MS = 10_000
+
+TWEETS = "#timeline > .tweet"
+SENDING = re.compile(r"\bis-sending\b")
+FAILED = re.compile(r"\bis-failed\b")
+AN_ID = re.compile(r"^\d+$")
+
+expect.set_options(timeout=TIMEOUT_MS)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """Debian's Chromium: without it the tests skip, except under CI=true, where they fail."""
+    if not os.path.exists(CHROMIUM):
+        message = f"{CHROMIUM} is missing: install Debian's chromium package to run the browser tests"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def browser(chromium, live_app) -> Iterator[Browser]:
+    """One Chromium for this module.
+
+    While Playwright's sync API runs, its event loop counts as running in this thread, and
+    Django refuses ORM calls from a thread with a running loop. So the tests of this module may
+    make them (DJANGO_ALLOW_ASYNC_UNSAFE), and the browser stops with the module, which gives
+    the loop back so that later modules run under Django's usual check. live_app starts first so
+    that daphne and the worker never inherit the variable.
+    """
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+            yield browser
+            browser.close()
+
+
+def _new_page(context: BrowserContext) -> tuple[Page, list[Exception]]:
+    page = context.new_page()
+    errors: list[Exception] = []
+    page.on("pageerror", lambda error: errors.append(error))
+    return page, errors
+
+
+@pytest.fixture
+def context(browser, live_app) -> Iterator[BrowserContext]:
+    context = browser.new_context(base_url=live_app.url)
+    context.set_default_timeout(TIMEOUT_MS)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def page(context) -> Iterator[Page]:
+    """A page whose scripts must not throw: an uncaught error fails the test."""
+    page, errors = _new_page(context)
+    yield page
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def log_in(page: Page, user) -> None:
+    page.goto("/login/")
+    page.get_by_label("Username").fill(user.username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(re.compile(r"/$"))
+    expect(page.get_by_role("button", name="Log out")).to_be_visible()
+
+
+def post(page: Page, body: str) -> None:
+    page.get_by_label("What is happening?").fill(body)
+    page.get_by_role("button", name="Post").click()
+
+
+def wait_until(page: Page, condition: Callable[[], bool], what: str, timeout: float = TIMEOUT_MS / 1000) -> None:
+    """Wait for a condition on the Python side, such as a route handler having run.
+
+    Playwright runs route handlers only while this thread is inside a Playwright call, so the
+    wait is short Playwright waits in a loop, up to a deadline.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        page.wait_for_timeout(20)
+
+
+def test_a_tweet_is_drawn_at_once_and_reconciled_when_the_server_answers(page, make_user, transactional_db):
+    user = make_user()
+    log_in(page, user)
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:
+        held.append(route)  # answered later, by the test
+
+    page.route("**/api/tweets", hold)
+    body = "Drawn before the server answers"
+    post(page, body)
+
+    tweet = page.locator(TWEETS).first
+    expect(tweet.locator(".tweet-body")).to_have_text(body)
+    expect(tweet).to_have_class(SENDING)
+    expect(tweet.locator(".tweet-status")).to_contain_text("Sending")
+    expect(tweet).to_have_attribute("data-tweet-id", "")
+    expect(tweet.locator(".tweet-author")).to_have_text(user.username)
+    expect(page.get_by_label("What is happening?")).to_have_value("")
+
+    wait_until(page, lambda: bool(held), "the POST /api/tweets is held")
+    assert held[0].request.method == "POST"
+    assert not Tweet.objects.filter(body=body).exists(), "the request was held, yet the server has the tweet"
+    held[0].continue_()
+
+    expect(tweet).to_have_attribute("data-tweet-id", AN_ID)
+    expect(tweet).not_to_have_class(SENDING)
+    expect(tweet.locator(".tweet-status")).to_contain_text("Posted")
+    saved = Tweet.objects.get(body=body)  # exactly one, or this raises
+    assert tweet.get_attribute("data-tweet-id") == str(saved.pk)
+    assert tweet.get_attribute("data-client-id") == str(saved.client_id)
+    expect(page.locator(TWEETS).filter(has_text=body)).to_have_count(1)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        "refused",  # the server never sees the first attempt
+        "answer_lost",  # the server makes the tweet, but its answer never reaches the page
+    ],
+)
+def test_a_failed_post_stays_visible_and_retry_makes_one_tweet(page, make_user, transactional_db, failure):
+    log_in(page, make_user())
+
+    def fail(route: Route) -> None:
+        if failure == "answer_lost":
+            route.fetch()
+        route.fulfill(
+            status=500,
+            json={"error": {"code": "server_error", "message": "The server fell over.", "fields": {}}},
+        )
+
+    page.route("**/api/tweets", fail)
+    body = f"Posted whatever happens ({failure})"
+    post(page, body)
+
+    tweet = page.locator(TWEETS).first
+    retry = tweet.get_by_role("button", name="Retry")
+    expect(tweet).to_have_class(FAILED)
+    expect(tweet.locator(".tweet-body")).to_have_text(body)
+    expect(tweet.locator(".tweet-status")).to_contain_text("The server fell over.")
+    expect(retry).to_be_visible()
+    expect(tweet).to_have_attribute("data-tweet-id", "")
+    client_id = tweet.get_attribute("data-client-id")
+    assert uuid.UUID(client_id)
+    assert Tweet.objects.filter(body=body).count() == (1 if failure == "answer_lost" else 0)
+
+    page.unroute("**/api/tweets")
+    retry.click()
+
+    expect(tweet).to_have_attribute("data-tweet-id", AN_ID)
+    expect(tweet).not_to_have_class(FAILED)
+    expect(retry).to_be_hidden()
+    expect(tweet.locator(".tweet-status")).to_contain_text("Posted")
+    saved = Tweet.objects.get(body=body)  # exactly one, or this raises
+    assert str(saved.client_id) == client_id
+    assert tweet.get_attribute("data-tweet-id") == str(saved.pk)
+    expect(page.locator(TWEETS).filter(has_text=body)).to_have_count(1)
+
+
+def test_follow_button_changes_the_counts_in_place(page, make_user, transactional_db):
+    me, them = make_user(), make_user()
+    log_in(page, me)
+    page.goto(f"/u/{them.username}/")
+    followers = page.locator('[data-count="followers"]')
+    button = page.locator(".follow-form button")
+    expect(followers).to_have_text("0")
+    expect(page.locator('[data-count-label="followers"]')).to_have_text("followers")
+    page.evaluate("window.sameDocument = true")  # gone if the page reloads (the no-JS path)
+
+    button.click()
+    expect(followers).to_have_text("1")
+    expect(page.locator('[data-count-label="followers"]')).to_have_text("follower")
+    expect(button).to_have_text("Unfollow")
+    assert page.evaluate("window.sameDocument === true")
+    assert Follow.objects.filter(follower=me, followee=them).exists()
+
+    button.click()
+    expect(followers).to_have_text("0")
+    expect(button).to_have_text("Follow")
+    assert page.evaluate("window.sameDocument === true")
+    assert not Follow.objects.filter(follower=me, followee=them).exists()
+
+
+def test_compose_works_without_javascript(browser, live_app, make_user, transactional_db):
+    context = browser.new_context(base_url=live_app.url, java_script_enabled=False)
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        page = context.new_page()
+        log_in(page, make_user())
+        client_id = page.locator('input[name="client_id"]').get_attribute("value")
+        assert uuid.UUID(client_id)
+
+        # A blank tweet: the form comes back with the error and the same client_id.
+        with page.expect_response("**/tweets/new") as answer:
+            post(page, "   ")
+        assert answer.value.status == 400
+        expect(page.get_by_role("alert")).to_contain_text("Write something first.")
+        expect(page.locator('input[name="client_id"]')).to_have_value(client_id)
+
+        body = "Posted by a plain form"
+        with page.expect_response("**/tweets/new") as answer:
+            post(page, body)
+        assert answer.value.status == 302
+        expect(page).to_have_url(live_app.url + "/")
+        expect(page.locator(TWEETS).first.locator(".tweet-body")).to_have_text(body)
+        saved = Tweet.objects.get(body=body)
+        assert str(saved.client_id) == client_id
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("javascript", [True, False], ids=["js", "no-js"])
+def test_older_tweets(browser, live_app, make_user, transactional_db, javascript):
+    user = make_user()
+    total = selectors.DEFAULT_PAGE_SIZE + 5
+    for n in range(total):
+        services.tweet_create(author=user, body=f"Tweet number {n}", client_id=uuid.uuid4())
+    newest_first = list(Tweet.objects.filter(author=user).order_by("-id").values_list("id", flat=True))
+
+    context = browser.new_context(base_url=live_app.url, java_script_enabled=javascript)
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        page, errors = _new_page(context)
+        log_in(page, user)
+        tweets = page.locator(TWEETS)
+        expect(tweets).to_have_count(selectors.DEFAULT_PAGE_SIZE)
+        page.get_by_role("link", name="Older tweets").click()
+
+        if javascript:
+            # Appended in place, in order, each once; no more pages, so no more link.
+            expect(tweets).to_have_count(total)
+            expect(page.get_by_role("link", name="Older tweets")).to_have_count(0)
+            expect(page).to_have_url(live_app.url + "/")
+            shown = [int(i) for i in tweets.evaluate_all("els => els.map(el => el.dataset.tweetId)")]
+            assert shown == newest_first
+            assert not errors, f"JavaScript errors on the page: {errors}"
+        else:
+            expect(page).to_have_url(f"{live_app.url}/?before={newest_first[selectors.DEFAULT_PAGE_SIZE - 1]}")
+            expect(tweets).to_have_count(total - selectors.DEFAULT_PAGE_SIZE)
+            shown = [int(t.get_attribute("data-tweet-id")) for t in tweets.all()]
+            assert shown == newest_first[selectors.DEFAULT_PAGE_SIZE :]
+            expect(page.get_by_role("link", name="Newest tweets")).to_be_visible()
+            assert page.goto("/?before=not-a-number").status == 400
+    finally:
+        context.close()
