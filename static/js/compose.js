@@ -3,13 +3,48 @@
 // made once per tweet and reused by every retry, so a retry can never make a second tweet.
 
 import { api, ApiError } from "./api.js";
-import { describeFanout, fillTweet, findTweetById, renderTweet, setStatus } from "./tweets.js";
+import { delay } from "./backoff.js";
+import { describeFanout, fillTweet, findTweetByClientId, findTweetById, renderTweet, setStatus } from "./tweets.js";
 
 const form = document.getElementById("compose");
 const timeline = document.getElementById("timeline");
 
-// Bodies of tweets the server has not yet accepted, by client_id, for the Retry button.
+const AUTO_RETRIES = 5; // automatic tries after a 503 or 429, then the Retry button
+const BACKOFF = { base: 1000, cap: 60_000 };
+const storageKey = `timeline:unsent:${form?.dataset.author ?? ""}`;
+
+// Tweets the server has not yet accepted, by client_id: {body, created, timer, countdown}.
 const unsent = new Map();
+
+// -- tweets not yet accepted survive a reload: kept in localStorage until a 200/202 ------------
+
+function readStored() {
+  try {
+    const list = JSON.parse(localStorage.getItem(storageKey) ?? "[]");
+    return Array.isArray(list) ? list.filter((t) => t && typeof t.body === "string" && t.client_id) : [];
+  } catch {
+    return []; // storage disabled or corrupt: the page still works, only without this safety net
+  }
+}
+
+function writeStored(list) {
+  try {
+    if (list.length) localStorage.setItem(storageKey, JSON.stringify(list));
+    else localStorage.removeItem(storageKey);
+  } catch {
+    // private mode or full: nothing more to do
+  }
+}
+
+function store(clientId, body, created) {
+  const list = readStored().filter((t) => t.client_id !== clientId);
+  list.push({ body, client_id: clientId, created });
+  writeStored(list);
+}
+
+function unstore(clientId) {
+  writeStored(readStored().filter((t) => t.client_id !== clientId));
+}
 
 // crypto.randomUUID exists only in secure contexts (https, localhost); the fallback builds the
 // same version-4 UUID from getRandomValues, which exists everywhere.
@@ -40,18 +75,53 @@ function failureText(error) {
   return /not posted|nothing was posted/i.test(message) ? message : `Not posted. ${message}`;
 }
 
-async function send(el, body, clientId) {
-  unsent.set(clientId, body);
+// -- sending ----------------------------------------------------------------------------------
+
+function stopWaiting(entry) {
+  clearTimeout(entry.timer);
+  clearInterval(entry.countdown);
+  entry.timer = entry.countdown = null;
+}
+
+function waitThenRetry(el, clientId, entry, error, attempt) {
+  const wait = delay(attempt, { ...BACKOFF, floor: (error.retryAfter ?? 0) * 1000 });
+  const due = Date.now() + wait;
+  const label = error.status === 429 ? "Posting too fast" : "Server busy";
+  const show = () => {
+    const seconds = Math.max(0, Math.ceil((due - Date.now()) / 1000));
+    setStatus(el, "backoff", `${label}, retrying in ${seconds} s…`);
+  };
+  show();
+  entry.countdown = setInterval(show, 1000);
+  entry.timer = setTimeout(() => {
+    stopWaiting(entry);
+    send(el, clientId, attempt + 1);
+  }, wait);
+}
+
+// attempt counts the automatic retries made so far (0 for a first send or a manual Retry).
+async function send(el, clientId, attempt = 0) {
+  const entry = unsent.get(clientId);
+  if (!entry) return;
+  stopWaiting(entry);
+  store(clientId, entry.body, entry.created);
   setStatus(el, "sending", "Sending…");
   let answer;
   try {
-    answer = await api("/api/tweets", { method: "POST", body: { body, client_id: clientId } });
+    answer = await api("/api/tweets", { method: "POST", body: { body: entry.body, client_id: clientId } });
   } catch (error) {
-    // A 503 carries Retry-After: automatic backoff will hook in here.
+    const busy = error instanceof ApiError && (error.status === 503 || error.status === 429);
+    if (busy && attempt < AUTO_RETRIES) {
+      waitThenRetry(el, clientId, entry, error, attempt);
+      return;
+    }
+    // A body the server refused can never be posted: do not resend it on the next page load.
+    if (error instanceof ApiError && error.status === 400) unstore(clientId);
     setStatus(el, "failed", failureText(error));
     return;
   }
   unsent.delete(clientId);
+  unstore(clientId);
   reconcile(el, answer.tweet, answer.fanout);
 }
 
@@ -62,6 +132,38 @@ function reconcile(el, tweet, fanout) {
   fillTweet(el, tweet);
   const { state, text } = describeFanout(fanout);
   setStatus(el, state, text);
+  // live.js applies delivery progress that arrived before this answer.
+  timeline.dispatchEvent(new CustomEvent("tweet:posted", { detail: { id: tweet.id, el } }));
+}
+
+function draw(clientId, body, created) {
+  const el = renderTweet({
+    id: null,
+    author: { username: form.dataset.author },
+    body,
+    created_at: created,
+    client_id: clientId,
+  });
+  timeline.prepend(el);
+  document.querySelector("[data-empty-state]")?.remove();
+  unsent.set(clientId, { body, created, timer: null, countdown: null });
+  return el;
+}
+
+// Tweets left unsent by an earlier page (closed, reloaded, offline): drawn again and resent
+// with their own client_id, so one the server did take is not made twice.
+function resendStored() {
+  const stored = readStored().sort((a, b) => String(a.created).localeCompare(String(b.created)));
+  for (const { body, client_id: clientId, created } of stored) {
+    if (unsent.has(clientId)) continue;
+    const shown = findTweetByClientId(timeline, clientId);
+    if (shown?.dataset.tweetId) {
+      unstore(clientId); // the server took it and the page already shows it
+      continue;
+    }
+    const el = draw(clientId, body.normalize("NFC").trim(), created ?? new Date().toISOString());
+    send(el, clientId);
+  }
 }
 
 function init() {
@@ -93,19 +195,11 @@ function init() {
     textarea.removeAttribute("aria-describedby");
 
     const clientId = newClientId();
-    const el = renderTweet({
-      id: null,
-      author: { username: form.dataset.author },
-      body: body.normalize("NFC").trim(),
-      created_at: new Date().toISOString(),
-      client_id: clientId,
-    });
-    timeline.prepend(el);
-    document.querySelector("[data-empty-state]")?.remove();
+    const el = draw(clientId, body.normalize("NFC").trim(), new Date().toISOString());
     textarea.value = "";
     updateCounter();
     textarea.focus();
-    send(el, body, clientId);
+    send(el, clientId);
   });
 
   textarea.addEventListener("input", updateCounter);
@@ -121,10 +215,11 @@ function init() {
     if (!retry) return;
     const el = retry.closest(".tweet");
     const clientId = el.dataset.clientId;
-    if (unsent.has(clientId)) send(el, unsent.get(clientId), clientId);
+    if (unsent.has(clientId)) send(el, clientId);
   });
 
   updateCounter();
+  resendStored();
 }
 
 if (form && timeline) init();

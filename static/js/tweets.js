@@ -36,36 +36,43 @@ export function findTweetByClientId(root, clientId) {
 }
 
 // The one place a tweet's status line changes: posting (compose.js) now, live delivery progress
-// later. state is "" (no status), "sending", "failed" (the server did not take the tweet), or a
+// later. state is "" (no status), "sending", "backoff" (server busy, an automatic retry is
+// due), "failed" (the server did not take the tweet), or a
 // fan-out state: "pending", "queued", "running", "done", "delivery-failed".
 export function setStatus(el, state, text = "") {
   const status = el.querySelector(".tweet-status");
   status.dataset.state = state;
   status.querySelector(".tweet-status-text").textContent = text;
   status.querySelector(".tweet-retry").hidden = state !== "failed";
-  el.classList.toggle("is-sending", state === "sending");
+  el.classList.toggle("is-sending", state === "sending" || state === "backoff");
   el.classList.toggle("is-failed", state === "failed");
-  if (state === "sending") el.setAttribute("aria-busy", "true");
+  if (state === "sending" || state === "backoff") el.setAttribute("aria-busy", "true");
   else el.removeAttribute("aria-busy");
 }
 
 function plural(count, one, many) {
-  return `${count} ${count === 1 ? one : many}`;
+  return `${count.toLocaleString()} ${count === 1 ? one : many}`;
 }
 
-// A fan-out (as in the API: {state, recipients, delivered, ...}) as a status state and text.
+// A fan-out (as in the API: {state, recipients, delivered, ...}, or a live fanout.progress /
+// fanout.done event) as a status state and text.
 export function describeFanout(fanout) {
   if (!fanout) return { state: "", text: "" };
+  const delivered = Number(fanout.delivered ?? 0);
+  const recipients = Number(fanout.recipients ?? 0);
   switch (fanout.state) {
     case "pending":
     case "queued":
       return { state: fanout.state, text: "Posted · queued for delivery" };
     case "running":
-      return { state: "running", text: `Posted · delivering (${fanout.delivered} of ${fanout.recipients})` };
+      return {
+        state: "running",
+        text: `Posted · delivering ${delivered.toLocaleString()}/${recipients.toLocaleString()}`,
+      };
     case "done":
-      return fanout.recipients === 0
+      return recipients === 0
         ? { state: "done", text: "Posted · no followers to deliver to yet" }
-        : { state: "done", text: `Posted · delivered to ${plural(fanout.delivered, "follower", "followers")}` };
+        : { state: "done", text: `Posted · delivered to ${plural(delivered, "follower", "followers")}` };
     case "failed":
       return { state: "delivery-failed", text: "Posted · delivery to followers failed; it will be retried" };
     default:

@@ -1,0 +1,246 @@
+// The live timeline: a websocket to /ws/timeline/ that brings followed users' new tweets and
+// the delivery progress of one's own. It reconnects by itself (backoff with full jitter), and
+// after every (re)connection fills the gap from the home timeline API, so a tweet missed while
+// offline is shown, and a tweet already shown is never shown twice.
+
+import { api } from "./api.js";
+import { delay } from "./backoff.js";
+import { describeFanout, findTweetByClientId, findTweetById, localizeTimes, renderTweet, setStatus } from "./tweets.js";
+
+const PING_EVERY_MS = 25_000;
+const RECONNECT = { base: 1000, cap: 30_000 };
+const NEAR_TOP_PX = 120;
+const GAP_PAGE_SIZE = 100;
+const GAP_MAX_PAGES = 10;
+const LABELS = { connected: "Live", connecting: "Connecting…", offline: "Offline" };
+
+const timeline = document.getElementById("timeline");
+// On an older page (/?before=) new tweets do not belong in the list: only the bar shows them.
+const viewingOlder = new URLSearchParams(location.search).has("before");
+
+let socket = null;
+let attempt = 0;
+let reconnectTimer = null;
+let pingTimer = null;
+let paused = false; // set by the test hook: no reconnecting until resumed
+let held = []; // tweets that arrived while the reader was scrolled down, any order
+const earlyFanout = new Map(); // tweet_id -> the newest fanout event for a tweet not yet on the page
+
+// -- the status dot ---------------------------------------------------------------------------
+
+const indicator = document.createElement("span");
+indicator.className = "live-status";
+indicator.setAttribute("role", "status");
+const dot = document.createElement("span");
+dot.className = "live-dot";
+dot.setAttribute("aria-hidden", "true");
+const label = document.createElement("span");
+label.className = "live-label";
+indicator.append(dot, label);
+
+function showState(state) {
+  indicator.dataset.liveState = state;
+  label.textContent = LABELS[state];
+  indicator.title = `Live updates: ${LABELS[state].toLowerCase()}`;
+}
+
+// -- the "N new tweets" bar -------------------------------------------------------------------
+
+const bar = document.createElement("button");
+bar.type = "button";
+bar.className = "new-tweets-bar";
+bar.hidden = true;
+bar.addEventListener("click", () => {
+  if (viewingOlder) {
+    location.assign("/");
+    return;
+  }
+  const tweets = held;
+  held = [];
+  updateBar();
+  insertAtTop(tweets, { animate: false });
+  window.scrollTo({ top: 0, behavior: matchMedia("(prefers-reduced-motion: reduce)").matches ? "auto" : "smooth" });
+});
+
+function updateBar() {
+  bar.hidden = held.length === 0;
+  bar.textContent = `${held.length.toLocaleString()} new ${held.length === 1 ? "tweet" : "tweets"}`;
+}
+
+// -- tweets -----------------------------------------------------------------------------------
+
+function isShown(tweet) {
+  return Boolean(
+    findTweetById(timeline, tweet.id) ||
+      (tweet.client_id && findTweetByClientId(timeline, tweet.client_id)) ||
+      held.some((t) => t.id === tweet.id),
+  );
+}
+
+function newestShownId() {
+  let newest = 0;
+  for (const el of timeline.querySelectorAll(".tweet[data-tweet-id]")) {
+    const id = Number(el.dataset.tweetId);
+    if (Number.isInteger(id) && id > newest) newest = id;
+  }
+  for (const t of held) newest = Math.max(newest, t.id);
+  return newest;
+}
+
+// Tweets are newest first on the page; each new one goes above every older one it meets,
+// though below the author's own tweets still being sent (they have no id yet).
+function insertAtTop(tweets, { animate }) {
+  const fresh = tweets.filter((t) => !findTweetById(timeline, t.id)).sort((a, b) => a.id - b.id);
+  for (const tweet of fresh) {
+    if (tweet.client_id && findTweetByClientId(timeline, tweet.client_id)) continue;
+    const el = renderTweet(tweet);
+    if (animate) {
+      el.classList.add("is-arriving");
+      el.addEventListener("animationend", () => el.classList.remove("is-arriving"), { once: true });
+    }
+    const older = [...timeline.children].find((child) => Number(child.dataset.tweetId) < tweet.id && child.dataset.tweetId);
+    timeline.insertBefore(el, older ?? null);
+    applyEarlyFanout(tweet.id, el);
+  }
+  if (fresh.length) document.querySelector("[data-empty-state]")?.remove();
+  localizeTimes(timeline);
+}
+
+function nearTop() {
+  return window.scrollY <= NEAR_TOP_PX;
+}
+
+function arrive(tweets) {
+  const fresh = tweets.filter((t) => t && Number.isInteger(t.id) && !isShown(t));
+  if (!fresh.length) return;
+  if (!viewingOlder && nearTop() && held.length === 0) {
+    insertAtTop(fresh, { animate: true });
+  } else {
+    held.push(...fresh);
+    updateBar();
+  }
+}
+
+// -- delivery progress of one's own tweets ----------------------------------------------------
+
+function applyFanout(el, event) {
+  const current = el.querySelector(".tweet-status")?.dataset.state;
+  // Events can overtake each other; progress never undoes a finished delivery.
+  if (current === "done" && event.state !== "done") return;
+  const { state, text } = describeFanout(event);
+  setStatus(el, state, text);
+}
+
+function applyEarlyFanout(id, el) {
+  const event = earlyFanout.get(Number(id));
+  if (!event) return;
+  earlyFanout.delete(Number(id));
+  applyFanout(el, event);
+}
+
+function onFanout(event) {
+  const el = findTweetById(timeline, event.tweet_id);
+  if (el) {
+    applyFanout(el, event);
+    return;
+  }
+  // The POST answer (which gives the element its id) has not come yet: keep the newest event.
+  const kept = earlyFanout.get(event.tweet_id);
+  if (!kept || kept.state !== "done" || event.state === "done") earlyFanout.set(event.tweet_id, event);
+  if (earlyFanout.size > 200) earlyFanout.delete(earlyFanout.keys().next().value);
+}
+
+timeline.addEventListener("tweet:posted", (event) => applyEarlyFanout(event.detail.id, event.detail.el));
+
+// -- filling the gap after a (re)connection ---------------------------------------------------
+
+async function fillGap() {
+  if (viewingOlder) return;
+  const after = newestShownId();
+  const found = [];
+  let before = null;
+  for (let page = 0; page < GAP_MAX_PAGES; page += 1) {
+    const query = new URLSearchParams({ after: String(after), limit: String(GAP_PAGE_SIZE) });
+    if (before != null) query.set("before", String(before));
+    const answer = await api(`/api/timeline/home?${query}`);
+    found.push(...answer.tweets);
+    if (answer.next_before == null) break;
+    before = answer.next_before;
+  }
+  arrive(found);
+}
+
+// -- the socket -------------------------------------------------------------------------------
+
+function connect() {
+  clearTimeout(reconnectTimer);
+  reconnectTimer = null;
+  if (paused || socket) return;
+  showState("connecting");
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${scheme}://${location.host}/ws/timeline/`);
+  socket = ws;
+
+  ws.addEventListener("open", () => {
+    attempt = 0;
+    showState("connected");
+    pingTimer = setInterval(() => ws.send(JSON.stringify({ type: "ping" })), PING_EVERY_MS);
+    fillGap().catch(() => {
+      // The API is away: the socket will close soon too, and the next connection tries again.
+    });
+  });
+  ws.addEventListener("message", (message) => {
+    let event;
+    try {
+      event = JSON.parse(message.data);
+    } catch {
+      return;
+    }
+    if (event.type === "tweet.new") arrive([event.tweet]);
+    else if (event.type === "fanout.progress" || event.type === "fanout.done") onFanout(event);
+  });
+  ws.addEventListener("close", () => {
+    clearInterval(pingTimer);
+    if (socket === ws) socket = null;
+    showState(paused ? "offline" : "connecting");
+    scheduleReconnect();
+  });
+}
+
+function scheduleReconnect() {
+  if (paused || reconnectTimer) return;
+  const wait = delay(attempt, RECONNECT);
+  attempt += 1;
+  showState(navigator.onLine === false ? "offline" : "connecting");
+  reconnectTimer = setTimeout(connect, wait);
+}
+
+function init() {
+  showState("connecting");
+  const header = document.querySelector(".site-header-inner");
+  (header?.querySelector(".site-nav") ?? timeline).before(indicator);
+  timeline.before(bar);
+  window.addEventListener("online", () => {
+    attempt = 0;
+    if (!socket) connect();
+  });
+  window.addEventListener("offline", () => showState("offline"));
+  // For tests and for the curious: drop the socket and stay away, then come back.
+  window.timelineLive = {
+    disconnect() {
+      paused = true;
+      clearTimeout(reconnectTimer);
+      reconnectTimer = null;
+      socket?.close();
+      showState("offline");
+    },
+    connect() {
+      paused = false;
+      attempt = 0;
+      connect();
+    },
+  };
+  connect();
+}
+
+if (timeline) init();

@@ -1,0 +1,220 @@
+"""The live page in a real browser: the websocket, gap filling, 503 backoff and unsent tweets.
+
+Same rules as tests/test_browser.py (whose fixtures and helpers these tests share): Debian's
+Chromium driven by Playwright against live daphne and a real fan-out worker.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+
+import pytest
+from playwright.sync_api import Page, Route, expect
+
+from fanout.models import Fanout
+from tests.conftest import post_json, session_cookie
+from tests.test_browser import (  # noqa: F401  (fixtures)
+    AN_ID,
+    FAILED,
+    TIMEOUT_MS,
+    TWEETS,
+    _new_page,
+    browser,
+    chromium,
+    context,
+    log_in,
+    page,
+    post,
+    wait_until,
+)
+from timeline import services
+from timeline.models import Tweet
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+LIVE = ".live-status"
+
+
+def expect_connected(page: Page) -> None:
+    expect(page.locator(LIVE)).to_have_attribute("data-live-state", "connected")
+
+
+def wait_for_fanout_done(page: Page, tweet_id: int) -> None:
+    wait_until(
+        page,
+        lambda: Fanout.objects.filter(tweet_id=tweet_id, state=Fanout.State.DONE).exists(),
+        f"the fan-out of tweet {tweet_id} is done",
+    )
+
+
+@pytest.fixture
+def second_page(browser, live_app):
+    """A second browser context (another user), whose scripts must not throw either."""
+    context = browser.new_context(base_url=live_app.url)
+    context.set_default_timeout(TIMEOUT_MS)
+    page, errors = _new_page(context)
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the second page: {errors}"
+
+
+def test_a_follower_sees_a_new_tweet_live_and_the_author_sees_it_delivered(
+    page, second_page, make_user, transactional_db
+):
+    author, reader = make_user(), make_user()
+    services.follow_create(follower=reader, followee=author)
+    log_in(page, author)
+    log_in(second_page, reader)
+    expect_connected(page)
+    expect_connected(second_page)
+    expect(page.locator(LIVE)).to_contain_text("Live")  # a text label, not only a colour
+    second_page.evaluate("window.sameDocument = true")  # gone if the page reloads
+
+    body = "Hello, followers, live"
+    post(page, body)
+
+    arrived = second_page.locator(TWEETS).first
+    expect(arrived.locator(".tweet-body")).to_have_text(body)
+    expect(arrived.locator(".tweet-author")).to_have_text(author.username)
+    saved = Tweet.objects.get(body=body)
+    expect(arrived).to_have_attribute("data-tweet-id", str(saved.pk))
+    assert second_page.evaluate("window.sameDocument === true"), "the reader's page was reloaded"
+    expect(second_page.locator(TWEETS).filter(has_text=body)).to_have_count(1)
+
+    mine = page.locator(TWEETS).first
+    expect(mine).to_have_attribute("data-tweet-id", str(saved.pk))
+    expect(mine.locator(".tweet-status")).to_contain_text("delivered to 1 follower")
+    expect(mine.locator(".tweet-status")).to_have_attribute("data-state", "done")
+
+
+def test_a_tweet_posted_while_the_socket_was_down_is_shown_once_after_reconnecting(
+    page, make_user, transactional_db, live_app
+):
+    author, reader = make_user(), make_user()
+    services.follow_create(follower=reader, followee=author)
+    older = services.tweet_create(author=author, body="Posted before the page loaded", client_id=uuid.uuid4()).tweet
+    log_in(page, reader)
+    expect_connected(page)
+    expect(page.locator(TWEETS)).to_have_count(1)
+    page.evaluate("window.sameDocument = true")
+
+    page.evaluate("window.timelineLive.disconnect()")
+    expect(page.locator(LIVE)).to_have_attribute("data-live-state", "offline")
+    body = "Posted while the reader was away"
+    status, _, answer = post_json(
+        live_app.url + "/api/tweets",
+        {"body": body, "client_id": str(uuid.uuid4())},
+        cookie=session_cookie(author),
+    )
+    assert status == 202, answer
+    wait_for_fanout_done(page, answer["tweet"]["id"])
+    expect(page.locator(TWEETS).filter(has_text=body)).to_have_count(0)  # the socket really was down
+
+    page.evaluate("window.timelineLive.connect()")
+    expect_connected(page)
+    expect(page.locator(TWEETS).first).to_have_attribute("data-tweet-id", str(answer["tweet"]["id"]))
+    # A second reconnection finds nothing new: still exactly once each, newest first.
+    page.evaluate("window.timelineLive.disconnect()")
+    page.evaluate("window.timelineLive.connect()")
+    expect_connected(page)
+    expect(page.locator(TWEETS)).to_have_count(2)
+    shown = page.locator(TWEETS).evaluate_all("els => els.map(el => Number(el.dataset.tweetId))")
+    assert shown == [answer["tweet"]["id"], older.pk]
+    assert page.evaluate("window.sameDocument === true")
+
+
+def test_a_busy_server_is_retried_with_backoff_and_the_same_client_id(page, make_user, transactional_db):
+    log_in(page, make_user())
+    attempts: list[tuple[float, str]] = []
+
+    def busy_twice(route: Route) -> None:
+        attempts.append((time.monotonic(), json.loads(route.request.post_data)["client_id"]))
+        if len(attempts) <= 2:
+            route.fulfill(
+                status=503,
+                headers={"Retry-After": "1"},
+                json={"error": {"code": "overloaded", "message": "busy"}},
+            )
+        else:
+            route.continue_()
+
+    page.route("**/api/tweets", busy_twice)
+    body = "Posted once the server has room"
+    post(page, body)
+
+    tweet = page.locator(TWEETS).first
+    expect(tweet.locator(".tweet-status")).to_contain_text(re.compile(r"Server busy, retrying in \d+ s"))
+    expect(tweet.get_by_role("button", name="Retry")).to_be_hidden()
+    expect(tweet).to_have_attribute("data-tweet-id", AN_ID)
+    expect(tweet.locator(".tweet-status")).to_contain_text("Posted")
+
+    saved = Tweet.objects.get(body=body)  # exactly one, or this raises
+    assert len(attempts) == 3
+    assert {client_id for _, client_id in attempts} == {str(saved.client_id)}
+    gaps = [later - earlier for (earlier, _), (later, _) in zip(attempts, attempts[1:])]
+    assert all(gap >= 1.0 for gap in gaps), f"a retry came before Retry-After: {gaps}"
+    expect(page.locator(TWEETS).filter(has_text=body)).to_have_count(1)
+
+
+def test_a_busy_server_gets_five_automatic_retries_then_the_retry_button(page, make_user, transactional_db):
+    user = make_user()
+    log_in(page, user)
+    attempts: list[float] = []
+
+    def always_busy(route: Route) -> None:
+        attempts.append(time.monotonic())
+        route.fulfill(status=503, headers={"Retry-After": "0"}, json={"error": {"code": "overloaded", "message": "busy"}})
+
+    page.route("**/api/tweets", always_busy)
+    # Keep the test short: no random waits (the Retry-After floor of 0 then applies).
+    page.evaluate("Math.random = () => 0")
+    body = "Never gets through on its own"
+    post(page, body)
+
+    tweet = page.locator(TWEETS).first
+    expect(tweet).to_have_class(FAILED)
+    expect(tweet.get_by_role("button", name="Retry")).to_be_visible()
+    assert len(attempts) == 6  # the first try and five automatic retries
+    page.unroute("**/api/tweets")
+    tweet.get_by_role("button", name="Retry").click()
+    expect(tweet).to_have_attribute("data-tweet-id", AN_ID)
+    assert Tweet.objects.filter(body=body).count() == 1
+
+
+def test_an_unsent_tweet_survives_a_reload_and_is_sent_once(page, make_user, transactional_db):
+    user = make_user()
+    log_in(page, user)
+    page.route("**/api/tweets", lambda route: route.abort())
+    body = "Written offline, sent after a reload"
+    post(page, body)
+
+    tweet = page.locator(TWEETS).first
+    expect(tweet).to_have_class(FAILED)
+    client_id = tweet.get_attribute("data-client-id")
+    stored = json.loads(page.evaluate(f"localStorage.getItem('timeline:unsent:{user.username}')"))
+    assert [(t["body"], t["client_id"]) for t in stored] == [(body, client_id)]
+    assert not Tweet.objects.filter(body=body).exists()
+
+    page.unroute("**/api/tweets")
+    page.reload()
+
+    tweet = page.locator(TWEETS).filter(has_text=body)
+    expect(tweet).to_have_count(1)
+    expect(tweet).to_have_attribute("data-tweet-id", AN_ID)
+    expect(tweet).to_have_attribute("data-client-id", client_id)
+    saved = Tweet.objects.get(body=body)  # exactly one, or this raises
+    assert str(saved.client_id) == client_id
+    assert page.evaluate(f"localStorage.getItem('timeline:unsent:{user.username}')") is None
+
+    page.reload()  # nothing left to resend
+    expect(page.locator(TWEETS).filter(has_text=body)).to_have_count(1)
+    assert Tweet.objects.filter(body=body).count() == 1
+
+
+def test_staff_see_the_ops_link(page, make_user, transactional_db):
+    log_in(page, make_user(is_staff=True))
+    page.get_by_role("link", name="Ops").click()
+    expect(page).to_have_url(re.compile(r"/ops/$"))
