@@ -28,7 +28,8 @@ from django.utils import timezone
 from django_rq import get_queue
 from rq import Retry
 
-from fanout import metrics, timelines
+from fanout import metrics
+from fanout.connection import get_redis
 from fanout.models import Fanout
 
 FANOUT_QUEUE = "fanout"
@@ -100,7 +101,7 @@ def job_id(tweet_id: int) -> str:
 
 def admit(*, author_id: int) -> Ticket:
     """Reserve a queue slot for a new tweet, or raise Overloaded or RateLimited."""
-    redis = timelines.connection()
+    redis = get_redis()
     token = uuid.uuid4().hex
     limit, window = settings.TWEET_RATE_LIMIT, settings.TWEET_RATE_WINDOW
     admitted, value = redis.register_script(_ADMIT_SCRIPT)(
@@ -117,7 +118,7 @@ def admit(*, author_id: int) -> Ticket:
 
 
 def release(ticket: Ticket) -> None:
-    timelines.connection().zrem(RESERVATIONS_KEY, ticket.token)
+    get_redis().zrem(RESERVATIONS_KEY, ticket.token)
 
 
 def retry_after(*, depth: int) -> int:
@@ -136,9 +137,9 @@ def enqueue_fanout(tweet_id: int, *, ticket: Ticket | None = None) -> None:
     staff) it goes to the front.
     """
     now = timezone.now()
-    redis = timelines.connection()
+    redis = get_redis()
     with redis.pipeline() as pipe:
-        get_queue(FANOUT_QUEUE).enqueue_call(
+        get_queue(FANOUT_QUEUE, connection=redis).enqueue_call(
             "fanout.jobs.fanout_tweet",
             args=(tweet_id,),
             job_id=job_id(tweet_id),
@@ -160,4 +161,4 @@ def enqueue_fanout(tweet_id: int, *, ticket: Ticket | None = None) -> None:
 
 def depth() -> int:
     """Fan-out jobs waiting to start (reservations not counted)."""
-    return int(timelines.connection().llen(QUEUE_KEY))
+    return int(get_redis().llen(QUEUE_KEY))

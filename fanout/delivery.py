@@ -57,28 +57,32 @@ def deliver_tweet(*, tweet_id: int) -> None:
         recipients=recipients,
         delivered=0,
     )
-    payload = tweet_payload(fanout.tweet)
+    event = push.tweet_new(tweet_payload(fanout.tweet))
     delivered = 0
+    pending: list[tuple[int, push.Event]] = []
     try:
         for batch in follower_id_batches(author_id, batch_size=settings.FANOUT_BATCH_SIZE):
+            if pending:  # the previous batch was not the last: tell its followers and the author
+                push.send(pending)
             timelines.add(tweet_id=tweet_id, user_ids=batch)
             delivered += len(batch)
             recipients = max(recipients, delivered)
             Fanout.objects.filter(pk=tweet_id).update(delivered=delivered, recipients=recipients)
             # Timelines first, then the push: a follower told of a tweet can always load it.
-            event = push.tweet_new(payload)
             progress = push.fanout_event(tweet_id=tweet_id, delivered=delivered, recipients=recipients, state="running")
-            push.send([*((uid, event) for uid in presence.online_among(batch)), (author_id, progress)])
+            pending = [*((uid, event) for uid in presence.online_among(batch)), (author_id, progress)]
     except Exception as exc:
         Fanout.objects.filter(pk=tweet_id).update(
             state=Fanout.State.FAILED, last_error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=timezone.now()
         )
         failed = push.fanout_event(tweet_id=tweet_id, delivered=delivered, recipients=recipients, state="failed")
-        push.send([(author_id, failed)])
+        push.send([*pending, (author_id, failed)])
         raise
     # Follows made or removed while the job ran make the first count approximate; what was
     # delivered is the true number of recipients.
     Fanout.objects.filter(pk=tweet_id).update(
         state=Fanout.State.DONE, delivered=delivered, recipients=delivered, finished_at=timezone.now(), last_error=""
     )
-    push.send([(author_id, push.fanout_event(tweet_id=tweet_id, delivered=delivered, recipients=delivered, state="done"))])
+    # The last batch's pushes go with "done", in one send: most fan-outs are a single batch.
+    done = push.fanout_event(tweet_id=tweet_id, delivered=delivered, recipients=delivered, state="done")
+    push.send([*pending[:-1], (author_id, done)])

@@ -16,7 +16,8 @@ from typing import Any
 from django.conf import settings
 from redis import Redis
 
-from fanout import timelines
+from fanout.connection import get_redis
+
 
 KEEP_SECONDS = 900
 # Rates and means are taken over this many whole seconds before the current one.
@@ -29,35 +30,36 @@ def _key(name: str, second: int) -> str:
     return f"metrics:{name}:{second}"
 
 
-def _add(name: str, amount: float = 1, *, redis: Redis | None = None) -> None:
-    redis = redis or timelines.connection()
-    key = _key(name, int(time.time()))
+def _add(amounts: dict[str, float], *, totals: tuple[str, ...] = (), redis: Redis | None = None) -> None:
+    """Add to this second's bucket of each named series (and to running totals), in one round trip."""
+    redis = redis or get_redis()
+    second = int(time.time())
     with redis.pipeline(transaction=False) as pipe:
-        pipe.incrbyfloat(key, amount)
-        pipe.expire(key, KEEP_SECONDS)
+        for name, amount in amounts.items():
+            pipe.incrbyfloat(_key(name, second), amount)
+            pipe.expire(_key(name, second), KEEP_SECONDS)
+        for name in totals:
+            pipe.incr(f"metrics:{name}")
         pipe.execute()
 
 
 def record_arrival(*, redis: Redis | None = None) -> None:
-    _add("arrivals", redis=redis)
+    _add({"arrivals": 1}, redis=redis)
 
 
 def record_shed(*, redis: Redis | None = None) -> None:
-    _add("shed", redis=redis)
-    (redis or timelines.connection()).incr("metrics:shed_total")
+    _add({"shed": 1}, totals=("shed_total",), redis=redis)
 
 
 def record_start(*, waited_seconds: float, redis: Redis | None = None) -> None:
-    redis = redis or timelines.connection()
-    _add("started", redis=redis)
-    _add("wait_ms", max(waited_seconds, 0.0) * 1000, redis=redis)
+    _add({"started": 1, "wait_ms": max(waited_seconds, 0.0) * 1000}, redis=redis)
 
 
 def sample_depth(*, redis: Redis | None = None) -> int:
     """Record the queue depth for this second (the cron process calls this every second)."""
     from fanout.admission import QUEUE_KEY
 
-    redis = redis or timelines.connection()
+    redis = redis or get_redis()
     depth = int(redis.llen(QUEUE_KEY))
     redis.set(_key("depth", int(time.time())), depth, ex=KEEP_SECONDS)
     return depth
@@ -77,7 +79,7 @@ def _series(redis: Redis, seconds: list[int]) -> dict[str, list[float | None]]:
 
 def drain_rate(*, redis: Redis | None = None) -> float:
     """Jobs per second leaving the fan-out queue, over the last WINDOW_SECONDS."""
-    redis = redis or timelines.connection()
+    redis = redis or get_redis()
     now = int(time.time())
     started = redis.mget([_key("started", s) for s in range(now - WINDOW_SECONDS, now)])
     return sum(float(v) for v in started if v is not None) / WINDOW_SECONDS
@@ -89,7 +91,7 @@ def snapshot(*, redis: Redis | None = None) -> dict[str, Any]:
 
     from fanout.admission import QUEUE_KEY, RESERVATIONS_KEY, retry_after
 
-    redis = redis or timelines.connection()
+    redis = redis or get_redis()
     depth = sample_depth(redis=redis)
     now = int(time.time())
     seconds = list(range(now - HISTORY_SECONDS, now))

@@ -16,7 +16,8 @@ from django.conf import settings
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from fanout import timelines
+from fanout.connection import get_redis
+
 
 PRESENCE_KEY = "presence:online"
 PRESENCE_TTL = 60
@@ -40,7 +41,7 @@ def online_among(user_ids: Sequence[int], *, redis: Redis | None = None) -> list
     """The subset of ``user_ids`` that is online now, in one round trip."""
     if not user_ids:
         return []
-    redis = redis or timelines.connection()
+    redis = redis or get_redis()
     now = time.time()
     scores = redis.zmscore(PRESENCE_KEY, [str(u) for u in user_ids])
     return [u for u, expires in zip(user_ids, scores) if expires is not None and expires > now]
@@ -48,4 +49,4 @@ def online_among(user_ids: Sequence[int], *, redis: Redis | None = None) -> list
 
 def prune(*, redis: Redis | None = None) -> int:
     """Drop expired marks (readers ignore them anyway; this keeps the set small)."""
-    return int((redis or timelines.connection()).zremrangebyscore(PRESENCE_KEY, "-inf", time.time()))
+    return int((redis or get_redis()).zremrangebyscore(PRESENCE_KEY, "-inf", time.time()))

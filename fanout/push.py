@@ -1,24 +1,33 @@
 """The one place that talks to the channel layer.
 
 Events are plain dicts with a ``type`` (``tweet.new``, ``fanout.progress``, ``fanout.done``),
-sent to per-user groups; the websocket consumer forwards them to the browser unchanged. A
-fan-out batch sends all of its events in one event-loop run, concurrently, rather than
-starting an event loop per follower.
+sent to per-user groups; the websocket consumer forwards them to the browser unchanged.
+
+Workers are synchronous, and the channel layer is asyncio. ``async_to_sync`` would start a
+fresh event loop, and with it fresh Redis connections, for every call; instead each process
+keeps one event loop in a background thread, and a fan-out batch sends all of its events to
+it at once, concurrently, over connections that stay open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 from collections.abc import Iterable
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 logger = logging.getLogger(__name__)
 
 Event = dict[str, Any]
+SEND_TIMEOUT_SECONDS = 10
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_pid: int | None = None
+_loop_lock = threading.Lock()
 
 
 def user_group(user_id: int) -> str:
@@ -44,7 +53,7 @@ def send(messages: Iterable[tuple[int, Event]]) -> None:
     if not messages:
         return
     try:
-        async_to_sync(_send_all)(messages)
+        asyncio.run_coroutine_threadsafe(_send_all(messages), _background_loop()).result(SEND_TIMEOUT_SECONDS)
     except Exception:
         logger.exception("live push of %d event(s) failed", len(messages))
 
@@ -52,3 +61,14 @@ def send(messages: Iterable[tuple[int, Event]]) -> None:
 async def _send_all(messages: list[tuple[int, Event]]) -> None:
     layer = get_channel_layer()
     await asyncio.gather(*(layer.group_send(user_group(user_id), event) for user_id, event in messages))
+
+
+def _background_loop() -> asyncio.AbstractEventLoop:
+    global _loop, _loop_pid
+    with _loop_lock:
+        # A forked child inherits the variable but not the thread: start its own.
+        if _loop is None or _loop_pid != os.getpid():
+            _loop = asyncio.new_event_loop()
+            _loop_pid = os.getpid()
+            threading.Thread(target=_loop.run_forever, name="channel-layer-push", daemon=True).start()
+        return _loop

@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from django.conf import settings
-from django_rq import get_connection
 from redis import Redis
+
+from fanout.connection import get_redis
 
 SENTINEL = b"0"
 # A rebuild that dies between making the sentinel and filling the set must not leave a
@@ -66,30 +67,26 @@ def key(user_id: int) -> str:
     return f"tl:home:{user_id}"
 
 
-def connection() -> Redis:
-    return get_connection("fanout")
-
-
 def add(*, tweet_id: int, user_ids: Sequence[int], redis: Redis | None = None) -> int:
     """Add a tweet to the materialized timelines among ``user_ids``; returns how many."""
     if not user_ids:
         return 0
-    redis = redis or connection()
+    redis = redis or get_redis()
     script = redis.register_script(_ADD_SCRIPT)
     return int(script(keys=[key(u) for u in user_ids], args=[tweet_id, settings.TIMELINE_CAP]))
 
 
 def is_materialized(user_id: int, *, redis: Redis | None = None) -> bool:
-    return bool((redis or connection()).exists(key(user_id)))
+    return bool((redis or get_redis()).exists(key(user_id)))
 
 
 def begin_rebuild(user_id: int, *, redis: Redis | None = None) -> None:
-    redis = redis or connection()
+    redis = redis or get_redis()
     redis.register_script(_BEGIN_SCRIPT)(keys=[key(user_id)], args=[REBUILD_TTL_SECONDS])
 
 
 def finish_rebuild(user_id: int, tweet_ids: Iterable[int], *, redis: Redis | None = None) -> bool:
-    redis = redis or connection()
+    redis = redis or get_redis()
     script = redis.register_script(_MERGE_SCRIPT)
     return bool(script(keys=[key(user_id)], args=[settings.TIMELINE_CAP, *tweet_ids]))
 
@@ -97,14 +94,14 @@ def finish_rebuild(user_id: int, tweet_ids: Iterable[int], *, redis: Redis | Non
 def invalidate(user_ids: Iterable[int], *, redis: Redis | None = None) -> None:
     keys = [key(u) for u in user_ids]
     if keys:
-        (redis or connection()).delete(*keys)
+        (redis or get_redis()).delete(*keys)
 
 
 def page(
     user_id: int, *, limit: int, before: int | None = None, after: int | None = None, redis: Redis | None = None
 ) -> tuple[list[int], int]:
     """Tweet ids newest first with ``after < id < before``, and the set's size (sentinel excluded)."""
-    redis = redis or connection()
+    redis = redis or get_redis()
     high = f"({before}" if before is not None else "+inf"
     low = f"({max(after or 0, 0)}"
     with redis.pipeline(transaction=False) as pipe:

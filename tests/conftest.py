@@ -19,10 +19,11 @@ import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import Client
-from django_rq import get_connection, get_worker
+from django_rq import get_worker
 from redis import Redis
 
 from fanout.admission import WORKER_QUEUES
+from fanout.connection import get_redis
 from fanout.management.commands.fanout_worker import SERIALIZER
 
 User = get_user_model()
@@ -38,7 +39,7 @@ def redis():
 
     Not FLUSHDB: the live workers of the end-to-end tests keep their registration keys.
     """
-    connection = get_connection("fanout")
+    connection = get_redis()
     for db in (connection, Redis.from_url(LIVE_REDIS_URL)):
         keys = [k for pattern in CLEARED_PER_TEST for k in db.keys(pattern)]
         if keys:

@@ -16,8 +16,8 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 from redis.exceptions import RedisError
 
-from fanout import timelines
 from fanout.admission import Overloaded, RateLimited
+from fanout.connection import get_redis
 from timeline import selectors, services
 from timeline.forms import SignupForm, TweetForm
 from timeline.models import TWEET_MAX_LENGTH
@@ -134,7 +134,7 @@ def healthz(request: HttpRequest) -> HttpResponse:
     except Exception:
         parts["db"] = False
     try:
-        timelines.connection().ping()
+        get_redis().ping()
     except (RedisError, OSError):
         parts["redis"] = False
     ok = all(parts.values())
