@@ -53,6 +53,19 @@ class LiveApp:
     processes: dict[str, subprocess.Popen]
     env: dict[str, str]
     urls: list[str]
+    commands: dict[str, list[str]]
+    logs: Path
+
+    def restart(self, name: str) -> None:
+        """Kill one process outright (no clean shutdown) and start it again with the same command."""
+        self.processes[name].kill()
+        self.processes[name].wait(timeout=10)
+        self.processes[name] = subprocess.Popen(
+            self.commands[name], cwd=BASE_DIR, env=self.env,
+            stdout=(self.logs / f"{name}.log").open("a"), stderr=subprocess.STDOUT,
+        )
+        for url in self.urls:
+            _wait_for_http(f"{url}/healthz", timeout=30, processes=self.processes)
 
     def ws_url(self, path: str = "/ws/timeline/") -> str:
         return self.url.replace("http://", "ws://") + path
@@ -107,7 +120,7 @@ def start_live_app(logs: Path, *, redis_url: str, webs: int = 1, workers: int = 
         for name, cmd in commands.items()
     }
     app = LiveApp(url=f"http://127.0.0.1:{ports[0]}", processes=processes, env=env,
-                  urls=[f"http://127.0.0.1:{p}" for p in ports])
+                  urls=[f"http://127.0.0.1:{p}" for p in ports], commands=commands, logs=logs)
     try:
         for url in app.urls:
             _wait_for_http(f"{url}/healthz", timeout=30, processes=processes)

@@ -218,3 +218,45 @@ def test_staff_see_the_ops_link(page, make_user, transactional_db):
     log_in(page, make_user(is_staff=True))
     page.get_by_role("link", name="Ops").click()
     expect(page).to_have_url(re.compile(r"/ops/$"))
+
+
+def test_killing_and_restarting_daphne_reconnects_the_page_and_fills_the_gap(
+    browser, make_user, transactional_db, tmp_path, redis
+):
+    """The issue's own check: kill the web server under an open page, post while it is down,
+    start it again; the page reconnects by itself and shows what it missed, once."""
+    from tests.conftest import start_live_app
+
+    url = redis.connection_pool.connection_kwargs
+    # Two web servers, as in a deployment: the page's one dies, the other takes the post.
+    app = start_live_app(tmp_path, redis_url=f"redis://127.0.0.1:{url['port']}/4", webs=2)
+    try:
+        author, reader = make_user(), make_user()
+        services.follow_create(follower=reader, followee=author)
+        context = browser.new_context(base_url=app.url)
+        context.set_default_timeout(TIMEOUT_MS)
+        page, errors = _new_page(context)
+        log_in(page, reader)
+        expect_connected(page)
+        page.evaluate("window.sameDocument = true")
+
+        app.processes["daphne0"].kill()
+        expect(page.locator(LIVE)).not_to_have_attribute("data-live-state", "connected")
+        status, _, answer = post_json(
+            f"{app.urls[1]}/api/tweets",
+            {"body": "while you were away", "client_id": str(uuid.uuid4())},
+            cookie=session_cookie(author),
+        )
+        assert status == 202
+        missed = Tweet.objects.get(pk=answer["tweet"]["id"])
+        wait_for_fanout_done(page, missed.pk)
+        app.restart("daphne0")
+
+        expect_connected(page)
+        expect(page.locator(TWEETS).first).to_have_attribute("data-tweet-id", str(missed.pk))
+        expect(page.locator(f'{TWEETS}[data-tweet-id="{missed.pk}"]')).to_have_count(1)
+        assert page.evaluate("window.sameDocument") is True
+        context.close()
+        assert not errors, f"JavaScript errors: {errors}"
+    finally:
+        app.stop()
