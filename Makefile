@@ -28,6 +28,10 @@ test: $(VENV)/.dev-deps
 
 setup: $(VENV)/.dev-deps
 
+lint: $(VENV)/.dev-deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
 $(VENV)/.run-deps: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -qq -r requirements.txt

@@ -8,7 +8,15 @@ from fanout.models import Fanout
 @admin.register(Fanout)
 class FanoutAdmin(admin.ModelAdmin):
     list_display = [
-        "tweet_id", "author", "state", "delivered", "recipients", "attempts", "enqueued_at", "wait", "duration",
+        "tweet_id",
+        "author",
+        "state",
+        "delivered",
+        "recipients",
+        "attempts",
+        "enqueued_at",
+        "wait",
+        "duration",
         "finished_at",
     ]
     list_filter = ["state", "created_at"]

@@ -18,7 +18,6 @@ from redis import Redis
 
 from fanout.connection import get_redis
 
-
 KEEP_SECONDS = 900
 # Rates and means are taken over this many whole seconds before the current one.
 WINDOW_SECONDS = 10
@@ -71,7 +70,7 @@ def _series(redis: Redis, seconds: list[int]) -> dict[str, list[float | None]]:
             pipe.mget([_key(name, s) for s in seconds])
         values = pipe.execute()
     out: dict[str, list[float | None]] = {}
-    for name, raw in zip(SERIES, values):
+    for name, raw in zip(SERIES, values, strict=True):
         default = None if name == "depth" else 0.0
         out[name] = [float(v) if v is not None else default for v in raw]
     return out
@@ -131,7 +130,7 @@ def snapshot(*, redis: Redis | None = None) -> dict[str, Any]:
             "drain": series["started"],
             "shed": series["shed"],
             "wait_seconds": [
-                (w / 1000 / s) if s else None for w, s in zip(series["wait_ms"], series["started"])
+                (w / 1000 / s) if s else None for w, s in zip(series["wait_ms"], series["started"], strict=True)
             ],
         },
     }

@@ -18,7 +18,6 @@ from redis.asyncio import Redis as AsyncRedis
 
 from fanout.connection import get_redis
 
-
 PRESENCE_KEY = "presence:online"
 PRESENCE_TTL = 60
 # Sockets renew well inside the TTL, so one late renewal does not make a user look offline.
@@ -44,7 +43,7 @@ def online_among(user_ids: Sequence[int], *, redis: Redis | None = None) -> list
     redis = redis or get_redis()
     now = time.time()
     scores = redis.zmscore(PRESENCE_KEY, [str(u) for u in user_ids])
-    return [u for u, expires in zip(user_ids, scores) if expires is not None and expires > now]
+    return [u for u, expires in zip(user_ids, scores, strict=True) if expires is not None and expires > now]
 
 
 def prune(*, redis: Redis | None = None) -> int:

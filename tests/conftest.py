@@ -25,6 +25,7 @@ from redis import Redis
 from fanout.admission import WORKER_QUEUES
 from fanout.connection import get_redis
 from fanout.management.commands.fanout_worker import SERIALIZER
+from tests.browser import browser, chromium, context, page  # noqa: F401  (fixtures for every module)
 
 User = get_user_model()
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -61,8 +62,11 @@ class LiveApp:
         self.processes[name].kill()
         self.processes[name].wait(timeout=10)
         self.processes[name] = subprocess.Popen(
-            self.commands[name], cwd=BASE_DIR, env=self.env,
-            stdout=(self.logs / f"{name}.log").open("a"), stderr=subprocess.STDOUT,
+            self.commands[name],
+            cwd=BASE_DIR,
+            env=self.env,
+            stdout=(self.logs / f"{name}.log").open("a"),
+            stderr=subprocess.STDOUT,
         )
         for url in self.urls:
             _wait_for_http(f"{url}/healthz", timeout=30, processes=self.processes)
@@ -116,11 +120,19 @@ def start_live_app(logs: Path, *, redis_url: str, webs: int = 1, workers: int = 
     }
     commands.update({f"worker{i}": [sys.executable, "manage.py", "fanout_worker", "-v", "0"] for i in range(workers)})
     processes = {
-        name: subprocess.Popen(cmd, cwd=BASE_DIR, env=env, stdout=(logs / f"{name}.log").open("w"), stderr=subprocess.STDOUT)
+        name: subprocess.Popen(
+            cmd, cwd=BASE_DIR, env=env, stdout=(logs / f"{name}.log").open("w"), stderr=subprocess.STDOUT
+        )
         for name, cmd in commands.items()
     }
-    app = LiveApp(url=f"http://127.0.0.1:{ports[0]}", processes=processes, env=env,
-                  urls=[f"http://127.0.0.1:{p}" for p in ports], commands=commands, logs=logs)
+    app = LiveApp(
+        url=f"http://127.0.0.1:{ports[0]}",
+        processes=processes,
+        env=env,
+        urls=[f"http://127.0.0.1:{p}" for p in ports],
+        commands=commands,
+        logs=logs,
+    )
     try:
         for url in app.urls:
             _wait_for_http(f"{url}/healthz", timeout=30, processes=processes)

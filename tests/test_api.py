@@ -92,7 +92,12 @@ def test_profile_counts_and_followed_by_me(make_user, client_for):
     client = client_for(me)
 
     before = client.get("/api/users/star").json()
-    assert before == {"user": {"id": star.pk, "username": "star"}, "followers": 1, "following": 0, "followed_by_me": False}
+    assert before == {
+        "user": {"id": star.pk, "username": "star"},
+        "followers": 1,
+        "following": 0,
+        "followed_by_me": False,
+    }
 
     response = send(client, "post", "/api/users/star/follow")
     assert response.status_code == 200
@@ -130,7 +135,19 @@ def test_user_tweets_page_newest_first(make_user, client_for):
     assert second["next_before"] is None
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "before=-1", "before=abc", "after=-5", "after=1.5", "before=99999999999999999999999"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=0",
+        "limit=101",
+        "limit=x",
+        "before=-1",
+        "before=abc",
+        "after=-5",
+        "after=1.5",
+        "before=99999999999999999999999",
+    ],
+)
 def test_bad_paging_parameters_are_400(make_user, client_for, query):
     response = client_for(make_user()).get(f"/api/timeline/home?{query}")
     assert response.status_code == 400

@@ -40,7 +40,9 @@ def test_over_the_cap_is_503_with_retry_after_and_nothing_is_made(make_user, cli
     assert get_queue(FANOUT_QUEUE).count == 5
 
 
-def test_a_shed_post_retried_with_the_same_client_id_makes_exactly_one_tweet(make_user, client_for, settings, run_worker):
+def test_a_shed_post_retried_with_the_same_client_id_makes_exactly_one_tweet(
+    make_user, client_for, settings, run_worker
+):
     settings.FANOUT_QUEUE_CAP = 1
     client = client_for(make_user())
     assert post(client).status_code == 202

@@ -6,6 +6,7 @@ Chromium driven by Playwright against live daphne and a real fan-out worker.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
@@ -15,21 +16,17 @@ import pytest
 from playwright.sync_api import Page, Route, expect
 
 from fanout.models import Fanout
-from tests.conftest import post_json, session_cookie
-from tests.test_browser import (  # noqa: F401  (fixtures)
+from tests.browser import (
     AN_ID,
     FAILED,
     TIMEOUT_MS,
     TWEETS,
     _new_page,
-    browser,
-    chromium,
-    context,
     log_in,
-    page,
     post,
     wait_until,
 )
+from tests.conftest import post_json, session_cookie
 from timeline import services
 from timeline.models import Tweet
 
@@ -154,7 +151,7 @@ def test_a_busy_server_is_retried_with_backoff_and_the_same_client_id(page, make
     saved = Tweet.objects.get(body=body)  # exactly one, or this raises
     assert len(attempts) == 3
     assert {client_id for _, client_id in attempts} == {str(saved.client_id)}
-    gaps = [later - earlier for (earlier, _), (later, _) in zip(attempts, attempts[1:])]
+    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(attempts)]
     assert all(gap >= 1.0 for gap in gaps), f"a retry came before Retry-After: {gaps}"
     expect(page.locator(TWEETS).filter(has_text=body)).to_have_count(1)
 
@@ -166,7 +163,9 @@ def test_a_busy_server_gets_five_automatic_retries_then_the_retry_button(page, m
 
     def always_busy(route: Route) -> None:
         attempts.append(time.monotonic())
-        route.fulfill(status=503, headers={"Retry-After": "0"}, json={"error": {"code": "overloaded", "message": "busy"}})
+        route.fulfill(
+            status=503, headers={"Retry-After": "0"}, json={"error": {"code": "overloaded", "message": "busy"}}
+        )
 
     page.route("**/api/tweets", always_busy)
     # Keep the test short: no random waits (the Retry-After floor of 0 then applies).

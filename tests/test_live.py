@@ -14,8 +14,8 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from fanout import presence, push
-from timeline.asgi import application
 from tests.conftest import post_json, session_cookie
+from timeline.asgi import application
 from timeline.services import follow_create
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -92,7 +92,9 @@ async def test_author_sees_progress_per_batch_then_done_and_online_followers_get
 
     frames = [await author_ws.receive_json_from(timeout=5) for _ in range(3)]
     assert [(f["type"], f["delivered"], f["recipients"]) for f in frames] == [
-        ("fanout.progress", 2, 5), ("fanout.progress", 4, 5), ("fanout.done", 5, 5)
+        ("fanout.progress", 2, 5),
+        ("fanout.progress", 4, 5),
+        ("fanout.done", 5, 5),
     ]
     assert all(f["tweet_id"] == tweet.pk for f in frames)
     new = await online_ws.receive_json_from(timeout=5)

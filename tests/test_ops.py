@@ -8,29 +8,19 @@ charts are drawn, the figures follow the posts made through the API, a full queu
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 
 import pytest
 from django.conf import settings
-from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
+from playwright.sync_api import BrowserContext, Page, Route, expect
 from redis import Redis
 
+from tests.browser import TIMEOUT_MS
 from tests.conftest import LIVE_REDIS_URL, LiveApp, new_client_id, post_json, session_cookie, start_live_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-TIMEOUT_MS = 10_000  # as in test_browser.py: expect.set_options is global to the session
 LIVE = "Live: updating every second."
 # A second app with a tiny cap and no worker, on a Redis database of its own.
 SMALL_CAP = 3
@@ -58,29 +48,6 @@ def capped_app(live_app, tmp_path_factory) -> Iterator[LiveApp]:
         db.flushdb()
 
 
-@pytest.fixture(scope="module")
-def browser(live_app) -> Iterator[Browser]:
-    """One Chromium for the module, skipped (failed on CI) when Debian's Chromium is missing.
-
-    Playwright's sync API runs an event loop in this thread, and Django refuses ORM calls from
-    a thread with a running loop, so this module's tests may make them while the browser runs
-    (DJANGO_ALLOW_ASYNC_UNSAFE). It is set here rather than at import: set at import, it would
-    be on for every test of the session (all modules are imported before any test runs) and be
-    inherited by the live daphne and worker processes, hiding async-safety bugs there.
-    """
-    if not os.path.exists(CHROMIUM):
-        message = f"{CHROMIUM} is missing: install Debian's chromium package to run the browser tests"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-            yield browser
-            browser.close()
-
-
 @pytest.fixture
 def open_page(browser) -> Iterator:
     """Open a page of an app as a user (or anonymously); scripts on it must not throw."""
@@ -100,7 +67,7 @@ def open_page(browser) -> Iterator:
         return page
 
     yield open_
-    for context, errors in opened:
+    for context, _ in opened:
         context.close()
     assert not [e for _, errors in opened for e in errors], "JavaScript errors on the ops page"
 
@@ -208,8 +175,9 @@ def test_unreadable_stats_are_said_plainly_and_polling_recovers(open_page, live_
 
     def fail(route: Route) -> None:
         failed[0] += 1
-        route.fulfill(status=500, content_type="application/json",
-                      body='{"error": {"code": "boom", "message": "Redis is down."}}')
+        route.fulfill(
+            status=500, content_type="application/json", body='{"error": {"code": "boom", "message": "Redis is down."}}'
+        )
 
     def count(request, delta: int) -> None:
         if request.url.endswith("/api/stats"):

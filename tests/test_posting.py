@@ -179,7 +179,9 @@ def test_lost_enqueue_is_relayed_from_the_outbox(make_user, client_for, redis, r
     tweet = Tweet.objects.create(author=author, body="orphan", client_id=uuid.uuid4())
     Fanout.objects.create(tweet=tweet)  # committed, never enqueued: as if the process died here
     assert relay_pending_fanouts() == 0  # too young: its request may still be about to enqueue it
-    Fanout.objects.filter(pk=tweet.pk).update(created_at=Fanout.objects.get(pk=tweet.pk).created_at - timedelta(minutes=1))
+    Fanout.objects.filter(pk=tweet.pk).update(
+        created_at=Fanout.objects.get(pk=tweet.pk).created_at - timedelta(minutes=1)
+    )
 
     assert relay_pending_fanouts() == 1
     assert relay_pending_fanouts() == 0

@@ -9,7 +9,14 @@ class FanoutInline(admin.StackedInline):
     can_delete = False
     extra = 0
     readonly_fields = [
-        "state", "recipients", "delivered", "attempts", "created_at", "enqueued_at", "started_at", "finished_at",
+        "state",
+        "recipients",
+        "delivered",
+        "attempts",
+        "created_at",
+        "enqueued_at",
+        "started_at",
+        "finished_at",
         "last_error",
     ]
 

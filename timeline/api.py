@@ -23,7 +23,6 @@ from redis.exceptions import RedisError
 
 from fanout import metrics
 from fanout.admission import RETRY_AFTER_MAX, Overloaded, RateLimited
-
 from timeline import selectors, services
 from timeline.forms import SignupForm, TweetForm
 from timeline.payloads import fanout_payload, tweet_payload, user_payload
@@ -71,7 +70,9 @@ def api_view(*methods: str, login_required: bool = True, staff_required: bool = 
                 return error_response(400, "invalid", "Some fields need another look.", _fields(_error_dict(exc)))
             except Overloaded as exc:
                 response = error_response(
-                    503, "overloaded", f"Busy delivering other tweets; try again in {exc.retry_after} s. Nothing was posted."
+                    503,
+                    "overloaded",
+                    f"Busy delivering other tweets; try again in {exc.retry_after} s. Nothing was posted.",
                 )
                 response["Retry-After"] = str(exc.retry_after)
                 return response
@@ -259,5 +260,7 @@ def stats(request: HttpRequest) -> HttpResponse:
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     """CSRF rejections as JSON for API callers, Django's page for browsers."""
     if request.path.startswith("/api/"):
-        return error_response(403, "csrf_failed", f"CSRF check failed: {reason} Send the csrftoken cookie's value in X-CSRFToken.")
+        return error_response(
+            403, "csrf_failed", f"CSRF check failed: {reason} Send the csrftoken cookie's value in X-CSRFToken."
+        )
     return html_csrf_failure(request, reason=reason)

@@ -11,7 +11,9 @@ from timeline.models import TWEET_MAX_LENGTH
 class TweetForm(forms.Form):
     # Length is checked after trimming, by the service; the field bound here only stops a
     # body so large that it is not worth reading.
-    body = forms.CharField(strip=False, max_length=TWEET_MAX_LENGTH * 8, error_messages={"required": "Write something first."})
+    body = forms.CharField(
+        strip=False, max_length=TWEET_MAX_LENGTH * 8, error_messages={"required": "Write something first."}
+    )
     client_id = forms.UUIDField(error_messages={"invalid": "Must be a UUID, such as one from crypto.randomUUID()."})
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from contextlib import suppress
 import unicodedata
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
 
@@ -16,8 +16,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from redis.exceptions import RedisError
 
-from fanout import timelines
-from fanout import admission
+from fanout import admission, timelines
 from fanout.models import Fanout
 from timeline.models import TWEET_MAX_LENGTH, Follow, Tweet
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-from django.contrib import messages
-from django.contrib.auth import get_user_model, login
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth import get_user_model, login
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.db import connection
@@ -106,7 +106,9 @@ def signup(request: HttpRequest) -> HttpResponse:
             try:
                 user = services.user_signup(**form.cleaned_data)
             except ValidationError as exc:
-                for field, errors in exc.message_dict.items() if hasattr(exc, "error_dict") else [("password", exc.messages)]:
+                for field, errors in (
+                    exc.message_dict.items() if hasattr(exc, "error_dict") else [("password", exc.messages)]
+                ):
                     for error in errors:
                         form.add_error(field if field in form.fields else None, error)
             else:

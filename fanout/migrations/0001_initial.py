@@ -6,30 +6,51 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('timeline', '0001_initial'),
+        ("timeline", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Fanout',
+            name="Fanout",
             fields=[
-                ('tweet', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='fanout', serialize=False, to='timeline.tweet')),
-                ('state', models.CharField(choices=[('pending', 'pending'), ('queued', 'queued'), ('running', 'running'), ('done', 'done'), ('failed', 'failed')], default='pending', max_length=8)),
-                ('recipients', models.PositiveIntegerField(default=0)),
-                ('delivered', models.PositiveIntegerField(default=0)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('enqueued_at', models.DateTimeField(blank=True, null=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('last_error', models.TextField(blank=True)),
+                (
+                    "tweet",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        primary_key=True,
+                        related_name="fanout",
+                        serialize=False,
+                        to="timeline.tweet",
+                    ),
+                ),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("pending", "pending"),
+                            ("queued", "queued"),
+                            ("running", "running"),
+                            ("done", "done"),
+                            ("failed", "failed"),
+                        ],
+                        default="pending",
+                        max_length=8,
+                    ),
+                ),
+                ("recipients", models.PositiveIntegerField(default=0)),
+                ("delivered", models.PositiveIntegerField(default=0)),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("enqueued_at", models.DateTimeField(blank=True, null=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("last_error", models.TextField(blank=True)),
             ],
             options={
-                'indexes': [models.Index(fields=['state', 'created_at'], name='fanout_state_age')],
+                "indexes": [models.Index(fields=["state", "created_at"], name="fanout_state_age")],
             },
         ),
     ]

@@ -7,7 +7,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -16,31 +15,60 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Follow',
+            name="Follow",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('followee', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='follower_set', to=settings.AUTH_USER_MODEL)),
-                ('follower', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='following_set', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "followee",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="follower_set",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "follower",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="following_set",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['followee', 'follower'], name='follow_followers_by_id')],
-                'constraints': [models.UniqueConstraint(fields=('follower', 'followee'), name='follow_unique_pair'), models.CheckConstraint(condition=models.Q(('follower', models.F('followee')), _negated=True), name='follow_not_self')],
+                "indexes": [models.Index(fields=["followee", "follower"], name="follow_followers_by_id")],
+                "constraints": [
+                    models.UniqueConstraint(fields=("follower", "followee"), name="follow_unique_pair"),
+                    models.CheckConstraint(
+                        condition=models.Q(("follower", models.F("followee")), _negated=True), name="follow_not_self"
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Tweet',
+            name="Tweet",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('body', models.CharField(max_length=280)),
-                ('client_id', models.UUIDField()),
-                ('created_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('author', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='tweets', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("body", models.CharField(max_length=280)),
+                ("client_id", models.UUIDField()),
+                ("created_at", models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
+                (
+                    "author",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="tweets", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-id'],
-                'indexes': [models.Index(fields=['author', '-id'], name='tweet_author_newest')],
-                'constraints': [models.UniqueConstraint(fields=('author', 'client_id'), name='tweet_unique_client_id_per_author'), models.CheckConstraint(condition=models.Q(('body', ''), _negated=True), name='tweet_body_not_empty')],
+                "ordering": ["-id"],
+                "indexes": [models.Index(fields=["author", "-id"], name="tweet_author_newest")],
+                "constraints": [
+                    models.UniqueConstraint(fields=("author", "client_id"), name="tweet_unique_client_id_per_author"),
+                    models.CheckConstraint(
+                        condition=models.Q(("body", ""), _negated=True), name="tweet_body_not_empty"
+                    ),
+                ],
             },
         ),
     ]

@@ -28,10 +28,16 @@ PEOPLE = {
 STAFF = ("admin", "admin-demo-pass")
 POPULAR = ("celebrity", "celebrity-demo-pass")
 FOLLOWS = [
-    ("alice", "bob"), ("alice", "carol"), ("alice", "celebrity"),
-    ("bob", "alice"), ("bob", "celebrity"),
-    ("carol", "alice"), ("carol", "bob"), ("carol", "celebrity"),
-    ("dave", "alice"), ("dave", "celebrity"),
+    ("alice", "bob"),
+    ("alice", "carol"),
+    ("alice", "celebrity"),
+    ("bob", "alice"),
+    ("bob", "celebrity"),
+    ("carol", "alice"),
+    ("carol", "bob"),
+    ("carol", "celebrity"),
+    ("dave", "alice"),
+    ("dave", "celebrity"),
 ]
 TWEETS = {
     "alice": ["Hello, timeline!", "Queues turn spikes into waits; caps turn waits into answers."],
@@ -51,7 +57,7 @@ class Command(BaseCommand):
     def handle(self, *args, fans: int, **options):
         with transaction.atomic():
             users = {name: self._user(name, password) for name, password in {**PEOPLE, POPULAR[0]: POPULAR[1]}.items()}
-            staff = self._user(*STAFF, staff=True)
+            self._user(*STAFF, staff=True)
             for follower, followee in FOLLOWS:
                 Follow.objects.get_or_create(follower=users[follower], followee=users[followee])
             self._fans(users[POPULAR[0]], fans)
