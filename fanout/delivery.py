@@ -67,7 +67,8 @@ def deliver_tweet(*, tweet_id: int) -> None:
             timelines.add(tweet_id=tweet_id, user_ids=batch)
             delivered += len(batch)
             recipients = max(recipients, delivered)
-            Fanout.objects.filter(pk=tweet_id).update(delivered=delivered, recipients=recipients)
+            if delivered < recipients:  # the last batch's count is written with "done" below
+                Fanout.objects.filter(pk=tweet_id).update(delivered=delivered, recipients=recipients)
             # Timelines first, then the push: a follower told of a tweet can always load it.
             progress = push.fanout_event(tweet_id=tweet_id, delivered=delivered, recipients=recipients, state="running")
             pending = [*((uid, event) for uid in presence.online_among(batch)), (author_id, progress)]
