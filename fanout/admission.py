@@ -17,12 +17,14 @@ the queue without asking: it was admitted once, and must finish in bounded time.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.db.models import Case, Value, When
 from django.utils import timezone
 from django_rq import get_queue
@@ -31,6 +33,8 @@ from rq import Retry
 from fanout import metrics
 from fanout.connection import get_redis
 from fanout.models import Fanout
+
+logger = logging.getLogger(__name__)
 
 FANOUT_QUEUE = "fanout"
 # Workers take jobs from these queues in this order.
@@ -152,11 +156,16 @@ def enqueue_fanout(tweet_id: int, *, ticket: Ticket | None = None) -> None:
         if ticket is not None:
             pipe.zrem(RESERVATIONS_KEY, ticket.token)
         pipe.execute()
-    # The worker may already be running the job: only a pending row becomes queued.
-    Fanout.objects.filter(pk=tweet_id).update(
-        enqueued_at=now,
-        state=Case(When(state=Fanout.State.PENDING, then=Value(Fanout.State.QUEUED)), default="state"),
-    )
+    # The worker may already be running the job: only a pending row becomes queued. The job
+    # is on the queue whatever happens to this bookkeeping (a busy SQLite can refuse it): a row
+    # left pending is at worst queued once more by the relay, and the job is idempotent.
+    try:
+        Fanout.objects.filter(pk=tweet_id).update(
+            enqueued_at=now,
+            state=Case(When(state=Fanout.State.PENDING, then=Value(Fanout.State.QUEUED)), default="state"),
+        )
+    except DatabaseError:
+        logger.warning("fan-out of tweet %s queued, but its row could not be marked queued", tweet_id, exc_info=True)
 
 
 def depth() -> int:

@@ -3,20 +3,43 @@
 django-rq's ``get_connection`` builds a new client, with a new pool, on every call; on the
 hot paths (admission on every POST, the scripts of every fan-out batch) that meant a new TCP
 connection each time. The pool is thread-safe and redis-py resets it after a fork.
+
+The pool is a blocking one with a bound: under overload a request waits a moment for a free
+connection instead of failing at once because redis-py's default pool of 100 ran dry.
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from functools import cache
 
 from django.conf import settings
-from redis import Redis
+from redis import BlockingConnectionPool, Redis
+from redis.asyncio import Redis as AsyncRedis
+
+MAX_CONNECTIONS = 64
+POOL_TIMEOUT_SECONDS = 5
+
+# One async client per event loop (daphne runs one), for code running in that loop.
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRedis] = weakref.WeakKeyDictionary()
 
 
 @cache
 def _client(url: str) -> Redis:
-    return Redis.from_url(url, health_check_interval=30)
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT_SECONDS, health_check_interval=30
+    )
+    return Redis(connection_pool=pool)
 
 
 def get_redis() -> Redis:
     return _client(settings.REDIS_URL)
+
+
+def get_async_redis() -> AsyncRedis:
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        client = _async_clients[loop] = AsyncRedis.from_url(settings.REDIS_URL)
+    return client

@@ -16,7 +16,7 @@ from typing import Any
 from django.conf import settings
 from redis import Redis
 
-from fanout.connection import get_redis
+from fanout.connection import get_async_redis, get_redis
 
 KEEP_SECONDS = 900
 # Rates and means are taken over this many whole seconds before the current one.
@@ -29,16 +29,19 @@ def _key(name: str, second: int) -> str:
     return f"metrics:{name}:{second}"
 
 
+def _queue_adds(pipe, amounts: dict[str, float], totals: tuple[str, ...]) -> None:
+    second = int(time.time())
+    for name, amount in amounts.items():
+        pipe.incrbyfloat(_key(name, second), amount)
+        pipe.expire(_key(name, second), KEEP_SECONDS)
+    for name in totals:
+        pipe.incr(f"metrics:{name}")
+
+
 def _add(amounts: dict[str, float], *, totals: tuple[str, ...] = (), redis: Redis | None = None) -> None:
     """Add to this second's bucket of each named series (and to running totals), in one round trip."""
-    redis = redis or get_redis()
-    second = int(time.time())
-    with redis.pipeline(transaction=False) as pipe:
-        for name, amount in amounts.items():
-            pipe.incrbyfloat(_key(name, second), amount)
-            pipe.expire(_key(name, second), KEEP_SECONDS)
-        for name in totals:
-            pipe.incr(f"metrics:{name}")
+    with (redis or get_redis()).pipeline(transaction=False) as pipe:
+        _queue_adds(pipe, amounts, totals)
         pipe.execute()
 
 
@@ -48,6 +51,13 @@ def record_arrival(*, redis: Redis | None = None) -> None:
 
 def record_shed(*, redis: Redis | None = None) -> None:
     _add({"shed": 1}, totals=("shed_total",), redis=redis)
+
+
+async def record_shed_async() -> None:
+    """record_shed, for code running in the event loop (the in-flight limit at the door)."""
+    async with get_async_redis().pipeline(transaction=False) as pipe:
+        _queue_adds(pipe, {"shed": 1}, ("shed_total",))
+        await pipe.execute()
 
 
 def record_start(*, waited_seconds: float, redis: Redis | None = None) -> None:

@@ -7,16 +7,12 @@ with two tabs is one member; the later expiry wins (ZADD GT).
 
 from __future__ import annotations
 
-import asyncio
 import time
-import weakref
 from collections.abc import Sequence
 
-from django.conf import settings
 from redis import Redis
-from redis.asyncio import Redis as AsyncRedis
 
-from fanout.connection import get_redis
+from fanout.connection import get_async_redis, get_redis
 
 PRESENCE_KEY = "presence:online"
 PRESENCE_TTL = 60
@@ -24,16 +20,8 @@ PRESENCE_TTL = 60
 RENEW_EVERY = PRESENCE_TTL / 3
 
 
-# One async client per event loop (daphne runs one), shared by all of that loop's sockets.
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRedis] = weakref.WeakKeyDictionary()
-
-
 async def mark_online(user_id: int) -> None:
-    loop = asyncio.get_running_loop()
-    client = _async_clients.get(loop)
-    if client is None:
-        client = _async_clients[loop] = AsyncRedis.from_url(settings.REDIS_URL)
-    await client.zadd(PRESENCE_KEY, {str(user_id): time.time() + PRESENCE_TTL}, gt=True)
+    await get_async_redis().zadd(PRESENCE_KEY, {str(user_id): time.time() + PRESENCE_TTL}, gt=True)
 
 
 def online_among(user_ids: Sequence[int], *, redis: Redis | None = None) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -192,3 +193,47 @@ def test_no_javascript_compose_over_the_cap_is_503_page_keeping_the_text(make_us
     html = response.content.decode()
     assert "nothing was posted" in html and "keep me" in html and client_id in html
     assert not Tweet.objects.filter(client_id=client_id).exists()
+
+
+async def test_the_in_flight_limit_sheds_at_the_door_and_recovers(redis):
+    """Past the limit, requests get 503 + Retry-After at once, without reaching Django."""
+    from timeline.limits import InFlightLimit
+
+    release, reached = asyncio.Event(), []
+
+    async def slow_app(scope, receive, send):
+        reached.append(scope["path"])
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    limited = InFlightLimit(slow_app, limit=2)
+
+    async def request(path: str) -> tuple[int, dict[bytes, bytes], bytes]:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        await limited({"type": "http", "path": path}, None, send)
+        return sent[0]["status"], dict(sent[0].get("headers", [])), sent[1]["body"]
+
+    busy = [asyncio.create_task(request("/api/tweets")) for _ in range(2)]
+    while len(reached) < 2:
+        await asyncio.sleep(0)
+    status, headers, body = await request("/api/tweets")
+    assert status == 503 and headers[b"retry-after"] == b"1"
+    assert json.loads(body)["error"]["code"] == "overloaded"
+    assert reached == ["/api/tweets"] * 2  # the shed request never reached the app
+
+    exempt = asyncio.create_task(request("/healthz"))  # how overload is seen: never shed
+    while len(reached) < 3:
+        await asyncio.sleep(0)
+    release.set()
+    assert [(await t)[0] for t in (*busy, exempt)] == [200, 200, 200]
+    assert (await request("/api/tweets"))[0] == 200
+    assert limited.in_flight == 0
+    deadline = time.monotonic() + 5
+    while int(redis.get("metrics:shed_total") or 0) != 1:  # counted for /ops/
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)

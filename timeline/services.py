@@ -14,7 +14,6 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from redis.exceptions import RedisError
 
 from fanout import admission, timelines
 from fanout.models import Fanout
@@ -93,19 +92,19 @@ def tweet_create(*, author: AbstractBaseUser, body: str, client_id: uuid.UUID) -
 
 
 def _after_tweet_commit(tweet: Tweet, ticket: admission.Ticket) -> None:
-    # The tweet is committed, so it is accepted whatever happens next. If Redis fails here the
-    # outbox relay enqueues the fan-out that is still pending, and the author's timeline is
-    # rebuilt from the database on read: log it and answer all the same. The two steps are
-    # independent, so neither failure may skip the other.
+    # The tweet is committed, so it is accepted whatever happens next: nothing here may turn
+    # the answer into an error. If the enqueue fails, the outbox relay queues the fan-out that
+    # is still pending; if the author's timeline cannot be written, it is dropped and rebuilt
+    # from the database on read. The two steps are independent: neither failure skips the other.
     try:
         admission.enqueue_fanout(tweet.pk, ticket=ticket)
-    except RedisError:
-        logger.exception("tweet %s committed but not queued; the outbox relay will queue it", tweet.pk)
+    except Exception:
+        logger.exception("tweet %s committed but maybe not queued; the outbox relay will see to it", tweet.pk)
     try:
         timelines.add(tweet_id=tweet.pk, user_ids=[tweet.author_id])
-    except RedisError:
+    except Exception:
         logger.exception("tweet %s not added to its author's timeline; dropping it to be rebuilt", tweet.pk)
-        with suppress(RedisError):
+        with suppress(Exception):
             timelines.invalidate([tweet.author_id])
 
 

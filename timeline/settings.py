@@ -82,6 +82,9 @@ FANOUT_QUEUE_CAP = config.env_int("FANOUT_QUEUE_CAP", 200)
 FANOUT_BATCH_SIZE = config.env_int("FANOUT_BATCH_SIZE", 1000, minimum=1, maximum=100_000)
 TIMELINE_CAP = config.env_int("TIMELINE_CAP", 800, minimum=10, maximum=100_000)
 
+# HTTP requests one web process works on at once; past it, 503 at the door (0 turns it off).
+WEB_MAX_IN_FLIGHT = config.env_int("WEB_MAX_IN_FLIGHT", 32)
+
 # A per-author rate limit, which is not overload: over it, POST /api/tweets answers 429.
 TWEET_RATE_LIMIT = config.env_int("TWEET_RATE_LIMIT", 60)  # tweets per window; 0 turns it off
 TWEET_RATE_WINDOW = config.env_int("TWEET_RATE_WINDOW", 60, minimum=1, maximum=86400)  # seconds
@@ -145,6 +148,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
+        # Server errors to the console: with DEBUG off Django would only mail them to admins.
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
         "timeline": {"handlers": ["console"], "level": "INFO"},
         "fanout": {"handlers": ["console"], "level": "INFO"},
     },

@@ -5,7 +5,6 @@ import logging
 import time
 
 from django.core.management.base import BaseCommand
-from redis.exceptions import RedisError
 
 from fanout import metrics, presence
 from fanout.relay import relay_pending_fanouts
@@ -26,14 +25,18 @@ class Command(BaseCommand):
         tick = 0
         while True:
             started = time.monotonic()
-            try:
-                metrics.sample_depth()
-                if once or tick % RELAY_EVERY == 0:
-                    relay_pending_fanouts()
-                if once or tick % PRUNE_EVERY == 0:
-                    presence.prune()
-            except RedisError:
-                logger.exception("chores failed this round; trying again next second")
+            chores = [metrics.sample_depth]
+            if once or tick % RELAY_EVERY == 0:
+                chores.append(relay_pending_fanouts)
+            if once or tick % PRUNE_EVERY == 0:
+                chores.append(presence.prune)
+            for chore in chores:
+                # One failing chore (Redis away, a locked database) must not stop the others,
+                # nor this process: log it and try again next round.
+                try:
+                    chore()
+                except Exception:
+                    logger.exception("%s failed; trying again next round", chore.__name__)
             if once:
                 return
             tick += 1

@@ -1,0 +1,78 @@
+"""A bound on the HTTP requests one web process works on at once: load shedding at the door.
+
+Django's ASGI handler gives every request a thread of its own, and daphne accepts every
+connection. Under overload, hundreds of requests would then run at once, fighting over the
+GIL, SQLite's write lock and the Redis pool: every answer slows down, the fan-out workers on
+the same cores starve, and even a 503 from the queue cap takes seconds to say. Past
+``WEB_MAX_IN_FLIGHT`` requests this wrapper answers 503 with Retry-After itself, in the event
+loop, before any thread or query, so shedding stays cheap exactly when it is needed.
+
+Health checks, staff stats and static files are never shed: they are how overload is seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from fanout import metrics
+
+logger = logging.getLogger(__name__)
+
+EXEMPT_PREFIXES = ("/healthz", "/api/stats", "/static/")
+RETRY_AFTER_SECONDS = 1
+_BODY = json.dumps(
+    {
+        "error": {
+            "code": "overloaded",
+            "message": "The server is busy; try again in a moment. Nothing was done.",
+            "fields": {},
+        }
+    }
+).encode()
+
+
+class InFlightLimit:
+    def __init__(self, app, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0  # one event loop per process: no lock needed
+        self._background: set[asyncio.Task] = set()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or self.limit <= 0 or scope["path"].startswith(EXEMPT_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            await self._shed(send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _shed(self, send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
+                    (b"content-length", str(len(_BODY)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": _BODY})
+        # Counted for /ops/, without making the answer wait for Redis.
+        task = asyncio.create_task(self._count_shed())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _count_shed(self) -> None:
+        try:
+            await metrics.record_shed_async()
+        except Exception:
+            logger.debug("could not count a request shed at the door", exc_info=True)
