@@ -3,10 +3,13 @@
 Events are plain dicts with a ``type`` (``tweet.new``, ``fanout.progress``, ``fanout.done``),
 sent to per-user groups; the websocket consumer forwards them to the browser unchanged.
 
-Workers are synchronous, and the channel layer is asyncio. ``async_to_sync`` would start a
-fresh event loop, and with it fresh Redis connections, for every call; instead each process
-keeps one event loop in a background thread, and a fan-out batch sends all of its events to
-it at once, concurrently, over connections that stay open.
+Workers are synchronous, and the channel layer is asyncio. With the pub/sub layer (the
+default, see docs/benchmarks.md) a group send is one PUBLISH, and the layer sends them one at a
+time, a round trip each: a batch of a thousand followers cost a thousand. So for that layer a
+batch goes out as one pipeline of PUBLISH commands on the worker's own Redis connection, with
+the layer's own channel names and serializer: one round trip, and no event loop at all. For
+any other layer, each process keeps one event loop in a background thread (``async_to_sync``
+would start a fresh loop, and fresh connections, per call), and a batch is sent concurrently.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from channels.layers import get_channel_layer
+from channels_redis.pubsub import RedisPubSubChannelLayer
+from django.conf import settings
+
+from fanout.connection import get_redis
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +60,32 @@ def send(messages: Iterable[tuple[int, Event]]) -> None:
     if not messages:
         return
     try:
-        asyncio.run_coroutine_threadsafe(_send_all(messages), _background_loop()).result(SEND_TIMEOUT_SECONDS)
+        layer = get_channel_layer()
+        if _publishes_to_our_redis(layer):
+            _publish_pipelined(layer, messages)
+        else:
+            asyncio.run_coroutine_threadsafe(_send_all(messages), _background_loop()).result(SEND_TIMEOUT_SECONDS)
     except Exception:
         logger.exception("live push of %d event(s) failed", len(messages))
+
+
+def _publishes_to_our_redis(layer) -> bool:
+    hosts = settings.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("hosts", [])
+    return isinstance(layer, RedisPubSubChannelLayer) and hosts == [settings.REDIS_URL]
+
+
+def _publish_pipelined(layer: RedisPubSubChannelLayer, messages: list[tuple[int, Event]]) -> None:
+    # The group channel name as channels_redis 4.x's pub/sub layer makes it (its method for
+    # this needs a running event loop); the end-to-end tests fail if a new version changes it.
+    prefix = settings.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("prefix", "asgi")
+    serialized: dict[int, bytes] = {}  # one event object goes to many followers: encode it once
+    with get_redis().pipeline(transaction=False) as pipe:
+        for user_id, event in messages:
+            data = serialized.get(id(event))
+            if data is None:
+                data = serialized[id(event)] = layer.serialize(event)
+            pipe.publish(f"{prefix}__group__{user_group(user_id)}", data)
+        pipe.execute()
 
 
 async def _send_all(messages: list[tuple[int, Event]]) -> None:

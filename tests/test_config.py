@@ -36,6 +36,8 @@ def start(**env: str) -> subprocess.CompletedProcess:
         ("DATABASE_URL", "nosuchdb://x"),
         ("DJANGO_DEBUG", "perhaps"),
         ("DJANGO_SECRET_KEY", "short"),
+        ("CHANNEL_LAYER", "carrier-pigeon"),
+        ("WEB_MAX_IN_FLIGHT", "-3"),
     ],
 )
 def test_bad_values_stop_start_up_with_one_line_naming_the_variable(name, value):

@@ -95,21 +95,26 @@ RQ_QUEUES = {
 }
 RQ_SHOW_ADMIN_LINK = True
 
-# The channel layer for live push: "redis" (channels_redis' list-based layer) or "pubsub" (its
-# Redis pub/sub layer). bench/live_latency.py measures both; see docs/benchmarks.md.
+# The channel layer, on the same Redis, so that workers in other processes can push. Pub/sub
+# is the default, chosen by measurement (docs/benchmarks.md): events to a socket that is not
+# there are simply dropped, which suits live push (gaps are filled from the timeline), and it
+# keeps no per-channel lists. CHANNEL_LAYER=redis selects the list-based layer, for comparison.
 _CHANNEL_LAYER_BACKENDS = {
-    "redis": "channels_redis.core.RedisChannelLayer",
     "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+    "redis": "channels_redis.core.RedisChannelLayer",
 }
-_channel_layer = config.os.environ.get("CHANNEL_LAYER", "").strip().lower() or "redis"
+_channel_layer = config.os.environ.get("CHANNEL_LAYER", "").strip().lower() or "pubsub"
 if _channel_layer not in _CHANNEL_LAYER_BACKENDS:
     raise config.ConfigError(
         "CHANNEL_LAYER", f"must be one of {', '.join(_CHANNEL_LAYER_BACKENDS)}, got {_channel_layer!r}"
     )
+# The list-based layer blocks on BZPOPMIN for up to 5 s, and redis-py 8 gives connections a
+# 5 s read timeout by default, which would abort that wait and drop idle sockets.
+_channel_layer_host = REDIS_URL if _channel_layer == "pubsub" else {"address": REDIS_URL, "socket_timeout": None}
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": _CHANNEL_LAYER_BACKENDS[_channel_layer],
-        "CONFIG": {"hosts": [REDIS_URL]},
+        "CONFIG": {"hosts": [_channel_layer_host]},
     }
 }
 
