@@ -78,7 +78,7 @@ REDIS_URL = config.env_redis_url("REDIS_URL", f"unix://{VAR_DIR / 'redis' / 'red
 
 # Fan-out: how many jobs may wait before POST /api/tweets sheds load (0 turns the cap off),
 # how many followers one batch of timeline writes covers, and how long a home timeline is.
-FANOUT_QUEUE_CAP = config.env_int("FANOUT_QUEUE_CAP", 200)
+FANOUT_QUEUE_CAP = config.env_int("FANOUT_QUEUE_CAP", 100)
 FANOUT_BATCH_SIZE = config.env_int("FANOUT_BATCH_SIZE", 1000, minimum=1, maximum=100_000)
 TIMELINE_CAP = config.env_int("TIMELINE_CAP", 800, minimum=10, maximum=100_000)
 
