@@ -46,18 +46,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import datetime as dt
 import json
 import math
 import os
-import platform
 import random
 import re
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -70,6 +67,8 @@ from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
+from common import cpu_seconds, die_with_parent, free_port, machine_info  # noqa: E402
+
 OUT_DIR = BASE_DIR / "bench" / "out"
 DOCS = BASE_DIR / "docs" / "benchmarks.md"
 PLOT = BASE_DIR / "docs" / "backpressure.png"
@@ -83,26 +82,6 @@ SHED_P99_TARGET_MS = 20.0
 
 def log(message: str) -> None:
     print(message, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM if this script dies without cleaning up (Linux)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def machine_jiffies() -> tuple[int, int]:
@@ -131,37 +110,6 @@ def wait_for_quiet(*, limit_cores: float = 0.3, max_wait: float = 90.0) -> float
             if used > limit_cores:
                 log(f"    the machine is still busy ({used:.1f} cores used by other processes); going ahead")
             return used
-
-
-def machine_info(redis_version: str | None) -> dict:
-    cpu_model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    mem_kib = 0
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
-    git = ""
-    with contextlib.suppress(Exception):
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BASE_DIR, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=BASE_DIR, capture_output=True, text=True)
-        git = head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
-    sqlite_version = sqlite3.sqlite_version
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "memory_gib": round(mem_kib / 1024 / 1024, 1),
-        "python": platform.python_version(),
-        "redis": redis_version,
-        "sqlite": sqlite_version,
-        "kernel": platform.release(),
-        "git": git,
-        "date": subprocess.run(["date"], capture_output=True, text=True).stdout.strip(),
-    }
 
 
 # -- child modes: run with a run's environment, so Django is set up against its DB and Redis ------
@@ -253,7 +201,7 @@ def private_redis(data_dir: Path):
         command(data_dir, port=server.port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     try:
         wait_until_ready(server.url, timeout=10, process=server.process)
@@ -327,7 +275,7 @@ class World:
                 env=self.env,
                 stdout=(self.logs / f"{name}.log").open("w"),
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         self._wait_for_http(f"{self.url}/healthz", timeout=60)
         return self
@@ -455,7 +403,7 @@ def run_loadgen(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     load_cpu: dict[str, float] = {}
     lines = []

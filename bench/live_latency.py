@@ -32,17 +32,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import datetime as dt
 import json
 import os
-import platform
 import re
 import resource
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -73,16 +70,12 @@ TARGET_P99_MS = 250.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 sys.path.insert(0, str(BASE_DIR))
+from common import cpu_seconds, die_with_parent, free_port, machine_info  # noqa: E402
+
 COPY_IGNORE = shutil.ignore_patterns(".venv", ".git", "var", "out", "__pycache__", "node_modules", ".pytest_cache")
 
 
 # -- small helpers --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -96,21 +89,6 @@ def percentile(values: list[float], q: float) -> float | None:
     lo = int(pos)
     hi = min(lo + 1, len(s) - 1)
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM if this script dies without cleaning up (Linux)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process so far, from /proc (None once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
 def machine_busy_seconds() -> float:
@@ -138,43 +116,6 @@ async def wait_for_quiet(*, max_busy: float, max_wait: float, log) -> float:
             log(f"    machine still {busy:.0%} busy after waiting {max_wait:.0f}s; running anyway")
             return busy
         log(f"    machine {busy:.0%} busy with other work; waiting for it to calm down")
-
-
-def machine_info(redis_version: str | None) -> dict:
-    cpu_model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    mem_kib = 0
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
-    git = ""
-    with contextlib.suppress(Exception):
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BASE_DIR, capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=BASE_DIR, capture_output=True, text=True
-        )
-        git = head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
-    versions = {}
-    for dist in ("Django", "channels", "channels_redis", "daphne", "redis", "hiredis", "rq", "websockets", "uvicorn"):
-        with contextlib.suppress(Exception):
-            from importlib.metadata import version
-
-            versions[dist] = version(dist)
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "memory_gib": round(mem_kib / 1024 / 1024, 1),
-        "python": platform.python_version(),
-        "redis": redis_version,
-        "kernel": platform.release(),
-        "packages": versions,
-        "git": git,
-    }
 
 
 # -- populating the database (runs in a child process with the run's environment) ----------------
@@ -720,7 +661,7 @@ def run_one(*, n_followers: int, layer: str, app_dir: Path, args, log) -> dict:
                 stdout=(logs / f"{name}.log").open("w"),
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         for web_port in ports:
             wait_for_http(f"http://{HOST}:{web_port}/healthz", timeout=60, processes=processes)
