@@ -14,7 +14,7 @@ else
 FORMATION := worker=$(WORKERS)
 endif
 
-.PHONY: run test setup lint bench clean
+.PHONY: run test setup lint clean
 
 run: $(VENV)/.run-deps
 	@mkdir -p var

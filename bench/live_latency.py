@@ -825,10 +825,16 @@ def cpu_table(summaries: list[dict]) -> str:
 def describe_source(source: dict) -> str:
     o = source.get("options", {})
     extra = ", web and workers under cProfile" if o.get("profile") else ""
+    # Extra packages reach the servers through PYTHONPATH, which argv does not show.
+    extras = [name for name in ("hiredis",) if any(name in s["setup"] for s in source["summaries"])]
+    if o.get("server") == "uvicorn":
+        extras.append("uvicorn, uvloop, httptools")
+    env = f"PYTHONPATH=<dir with {', '.join(extras)}> " if extras else ""
+    code = source.get("machine", {}).get("git") or "unknown revision"
     return (
-        f"{source['when']}: `{' '.join(['bench/live_latency.py', *source['argv']])}`"
+        f"{source['when']}: `{env}{' '.join(['bench/live_latency.py', *source['argv']])}`"
         f" ({o.get('tweets')} measured tweets per row after {o.get('warmup')} warm-up, {o.get('workers')} fan-out"
-        f" workers, {o.get('gap')} s between tweets{extra})"
+        f" workers, {o.get('gap')} s between tweets{extra}; code at {code})"
     )
 
 
@@ -855,13 +861,13 @@ def docs_block(sources: list[dict], section: str) -> str:
         + f"Machine: {m['nproc']} CPU(s), {m['cpu_model']}, {m['memory_gib']} GiB RAM, Linux {m['kernel']};"
         f" Python {m['python']}, Redis {m['redis']}; "
         + ", ".join(f"{k} {v}" for k, v in m["packages"].items())
-        + f"; code at {m['git'] or 'unknown revision'}. Client and server share these cores.\n\n"
+        + ". Client and server share these cores.\n\n"
         + table(summaries)
         + "\nCPU time per measured tweet, by process (from /proc; web = daphne; client = this script's"
         " websocket clients; other load = what the rest of the machine used meanwhile, as a share of all"
         " cores):\n\n"
         + cpu_table(summaries)
-        + ("\nLowest p99 with no missing frames: " + "; ".join(verdicts) + ".\n" if verdicts else "")
+        + ("\nLowest p99 in this table with no missing frames: " + "; ".join(verdicts) + ".\n" if verdicts else "")
         + f"{end_mark(section)}\n"
     )
 

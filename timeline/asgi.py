@@ -1,5 +1,6 @@
 """ASGI entry point: HTTP through Django, websockets through Channels (see timeline.routing)."""
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -15,6 +16,13 @@ from django.conf import settings  # noqa: E402
 
 from timeline.limits import InFlightLimit  # noqa: E402
 from timeline.routing import websocket_urlpatterns  # noqa: E402
+
+# A web process holding a thousand sockets has a large long-lived heap, and a fan-out briefly
+# holds one message per socket. With the default thresholds (700, 10, 10) those messages are
+# promoted before they die, and every few tweets a full collection walks the whole heap: ~250 ms
+# with the interpreter stopped (bench/live_latency.py, docs/benchmarks.md). Collecting the
+# young generation less often lets a fan-out's garbage die young.
+gc.set_threshold(10_000, 50, 100)
 
 application = ProtocolTypeRouter(
     {
