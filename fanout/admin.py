@@ -1,8 +1,8 @@
 from django.contrib import admin, messages
 from django.db.models import F
 
-from fanout.admission import enqueue_fanout
 from fanout.models import Fanout
+from fanout.relay import requeue
 
 
 @admin.register(Fanout)
@@ -18,6 +18,7 @@ class FanoutAdmin(admin.ModelAdmin):
         "wait",
         "duration",
         "finished_at",
+        "next_attempt_at",
     ]
     list_filter = ["state", "created_at"]
     search_fields = ["tweet__author__username", "=tweet__id", "last_error"]
@@ -44,10 +45,10 @@ class FanoutAdmin(admin.ModelAdmin):
     def duration(self, fanout: Fanout):
         return fanout.duration
 
-    @admin.action(description="Queue the fan-out again (it is idempotent)")
+    @admin.action(description="Queue the fan-out again now (unless a worker is running it)")
     def requeue(self, request, queryset) -> None:
         count = 0
         for fanout in queryset.exclude(state=Fanout.State.DONE):
-            enqueue_fanout(fanout.tweet_id)
-            count += 1
+            # A running fan-out whose lease is live is left to its worker (requeue says no).
+            count += requeue(fanout.tweet_id, seen_state=fanout.state, seen_enqueued_at=fanout.enqueued_at)
         self.message_user(request, f"Queued {count} fan-out(s) again.", messages.SUCCESS)

@@ -11,8 +11,8 @@ job's push. Waiting jobs plus live reservations never exceed the cap, however ma
 processes post at once. A reservation left by a process that died before enqueueing expires
 after ``RESERVATION_TTL`` seconds (its tweet, if it committed, is then queued by the relay).
 
-Work for tweets already accepted (RQ's retries, the relay's re-enqueues) goes to the front of
-the queue without asking: it was admitted once, and must finish in bounded time.
+Work for tweets already accepted (the relay's re-enqueues and retries) goes to the front of the
+queue without asking: it was admitted once, and must finish in bounded time.
 """
 
 from __future__ import annotations
@@ -21,14 +21,13 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import DatabaseError
-from django.db.models import Case, Value, When
 from django.utils import timezone
 from django_rq import get_queue
-from rq import Retry
 
 from fanout import metrics
 from fanout.connection import get_redis
@@ -42,8 +41,8 @@ WORKER_QUEUES = (FANOUT_QUEUE, "default")
 QUEUE_KEY = f"rq:queue:{FANOUT_QUEUE}"
 RESERVATIONS_KEY = "fanout:admission:reserved"
 RESERVATION_TTL = 30
-# A job that raises is tried again after these pauses (seconds), then left failed for staff.
-RETRY_INTERVALS = [1, 5, 30]
+# RQ keeps a failed job this long for /admin/rq/; the outbox row keeps its error for good.
+FAILURE_TTL = 24 * 3600
 # Retry-After is the expected time for the queue to drain, kept within these bounds: at
 # least a second (the header's unit), and at most what a person will wait for a post.
 RETRY_AFTER_MIN, RETRY_AFTER_MAX = 1, 30
@@ -133,39 +132,54 @@ def retry_after(*, depth: int) -> int:
     return min(max(math.ceil(depth / drain), RETRY_AFTER_MIN), RETRY_AFTER_MAX)
 
 
-def enqueue_fanout(tweet_id: int, *, ticket: Ticket | None = None) -> None:
-    """Queue the fan-out job of a committed tweet and mark its outbox row queued.
+def push_job(tweet_id: int, *, ticket: Ticket | None = None) -> None:
+    """Put the fan-out job of a committed tweet on the queue (Redis only; see enqueue_fanout).
 
     With a ticket (a new tweet) the job joins the back of the queue and the reservation is
     released in the same transaction; without one (work already accepted once: the relay,
-    staff) it goes to the front.
+    staff) it goes to the front. RQ retries nothing: a failed attempt is recorded on the outbox
+    row, and the relay, which owns retries, queues the next one (see fanout.relay).
     """
-    now = timezone.now()
     redis = get_redis()
     with redis.pipeline() as pipe:
         get_queue(FANOUT_QUEUE, connection=redis).enqueue_call(
             "fanout.jobs.fanout_tweet",
             args=(tweet_id,),
             job_id=job_id(tweet_id),
-            retry=Retry(max=len(RETRY_INTERVALS), interval=RETRY_INTERVALS, enqueue_at_front=True),
             result_ttl=0,
-            failure_ttl=7 * 24 * 3600,
+            failure_ttl=FAILURE_TTL,
             at_front=ticket is None,
             pipeline=pipe,
         )
         if ticket is not None:
             pipe.zrem(RESERVATIONS_KEY, ticket.token)
         pipe.execute()
+
+
+def enqueue_fanout(tweet_id: int, *, ticket: Ticket | None = None) -> None:
+    """Queue the fan-out job of a committed tweet and mark its outbox row queued."""
+    now = timezone.now()
+    push_job(tweet_id, ticket=ticket)
     # The worker may already be running the job: only a pending row becomes queued. The job
     # is on the queue whatever happens to this bookkeeping (a busy SQLite can refuse it): a row
-    # left pending is at worst queued once more by the relay, and the job is idempotent.
+    # left pending is found on the queue by the relay, which then only marks it.
     try:
-        Fanout.objects.filter(pk=tweet_id).update(
-            enqueued_at=now,
-            state=Case(When(state=Fanout.State.PENDING, then=Value(Fanout.State.QUEUED)), default="state"),
+        Fanout.objects.filter(pk=tweet_id, state=Fanout.State.PENDING).update(
+            enqueued_at=now, state=Fanout.State.QUEUED
         )
     except DatabaseError:
         logger.warning("fan-out of tweet %s queued, but its row could not be marked queued", tweet_id, exc_info=True)
+
+
+def waiting_on_queue(tweet_ids: Sequence[int]) -> set[int]:
+    """Those of ``tweet_ids`` whose job is on the fan-out queue now, in one round trip."""
+    if not tweet_ids:
+        return set()
+    with get_redis().pipeline(transaction=False) as pipe:
+        for tweet_id in tweet_ids:
+            pipe.lpos(QUEUE_KEY, job_id(tweet_id))
+        positions = pipe.execute()
+    return {tweet_id for tweet_id, pos in zip(tweet_ids, positions, strict=True) if pos is not None}
 
 
 def depth() -> int:

@@ -20,6 +20,11 @@ from redis.asyncio import Redis as AsyncRedis
 
 MAX_CONNECTIONS = 64
 POOL_TIMEOUT_SECONDS = 5
+# With Redis away, a request must fail fast (a refused connection fails at once; a server that
+# accepts but never answers, within these), so that posting answers 503 rather than hanging.
+# No command we send runs long: fan-out scripts are bounded by the batch size.
+CONNECT_TIMEOUT_SECONDS = 1
+SOCKET_TIMEOUT_SECONDS = 5
 
 # One async client per event loop (daphne runs one), for code running in that loop.
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRedis] = weakref.WeakKeyDictionary()
@@ -28,7 +33,12 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRedis]
 @cache
 def _client(url: str) -> Redis:
     pool = BlockingConnectionPool.from_url(
-        url, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT_SECONDS, health_check_interval=30
+        url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=POOL_TIMEOUT_SECONDS,
+        health_check_interval=30,
+        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
     )
     return Redis(connection_pool=pool)
 
@@ -41,5 +51,7 @@ def get_async_redis() -> AsyncRedis:
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
-        client = _async_clients[loop] = AsyncRedis.from_url(settings.REDIS_URL)
+        client = _async_clients[loop] = AsyncRedis.from_url(
+            settings.REDIS_URL, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS, socket_timeout=SOCKET_TIMEOUT_SECONDS
+        )
     return client

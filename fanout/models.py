@@ -1,8 +1,19 @@
 """The outbox: one Fanout row per tweet, written in the tweet's own transaction.
 
 Because the row commits with the tweet, an accepted tweet always has a record of the work it
-still needs. If the enqueue after the commit is lost (a crash, Redis gone for a moment), the
-relay in ``fanout.relay`` finds the row still ``pending`` and enqueues it again.
+still needs, and the row, not Redis, owns that work until it is ``done``. Redis holds a fast,
+losable copy (the job on the queue); the relay in ``fanout.relay`` re-queues any fan-out whose
+work is not provably alive:
+
+- ``pending``: committed, not yet queued (the request is about to, or its enqueue was lost);
+- ``queued``: its job should be on the queue (the relay checks that it still is);
+- ``running``: a worker holds the *lease* (``lease_owner`` until ``lease_expires_at``) and renews
+  it with every batch; a worker that dies stops renewing, and the lease lapses in seconds;
+- ``failed``: the last attempt raised (``last_error``); tried again at ``next_attempt_at``;
+- ``done``: every follower's timeline has the tweet.
+
+``cursor`` is the last follower id whose timeline is written, saved with each lease renewal,
+so a fan-out taken over from a dead worker resumes where that worker stopped.
 """
 
 from __future__ import annotations
@@ -31,6 +42,10 @@ class Fanout(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
+    lease_owner = models.CharField(max_length=32, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    cursor = models.BigIntegerField(default=0)
 
     class Meta:
         indexes = [models.Index(fields=["state", "created_at"], name="fanout_state_age")]

@@ -91,6 +91,13 @@ def finish_rebuild(user_id: int, tweet_ids: Iterable[int], *, redis: Redis | Non
     return bool(script(keys=[key(user_id)], args=[settings.TIMELINE_CAP, *tweet_ids]))
 
 
+def remove(user_id: int, tweet_ids: Iterable[int], *, redis: Redis | None = None) -> None:
+    """Drop tweet ids (of deleted tweets) from one timeline."""
+    tweet_ids = list(tweet_ids)
+    if tweet_ids:
+        (redis or get_redis()).zrem(key(user_id), *tweet_ids)
+
+
 def invalidate(user_ids: Iterable[int], *, redis: Redis | None = None) -> None:
     keys = [key(u) for u in user_ids]
     if keys:

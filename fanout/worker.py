@@ -1,20 +1,109 @@
-"""The RQ worker class the fan-out workers run.
+"""The RQ worker the fan-out workers run, and the loop that keeps one running.
 
 RQ's default worker forks a child for every job. A fan-out job is short (a few database reads
 and one Redis script per thousand followers), so the fork, and Django's set-up in the child,
 would cost more than the work. SimpleWorker runs jobs in the worker process itself; what it
 gives up is isolation, so each job is bracketed like a request: stale or broken database
 connections are closed before and after it.
+
+A worker must outlive Redis and the database going away. A job that fails on either records
+its failure on the outbox row (or lets its lease lapse) and the relay retries it; but RQ's own
+loop quits on a Redis error outside a job (a heartbeat, recording a result), so ``run`` starts
+it again, with backoff, until it is asked to stop. A Redis that comes back without its data has
+also forgotten the worker: the heartbeat notices and registers it again, so /api/stats and
+/ops/ count it.
 """
 
+from __future__ import annotations
+
+import logging
+import signal
+import time
+
 from django.db import close_old_connections
+from django_rq import get_worker
+from redis.exceptions import RedisError
+from rq import worker_registration
 from rq.worker import SimpleWorker
+
+from fanout.admission import WORKER_QUEUES
+
+logger = logging.getLogger(__name__)
+
+SERIALIZER = "rq.serializers.JSONSerializer"
+# Seconds a worker's registration lives without a heartbeat (RQ adds 60). The worker beats at
+# least this often (it waits for jobs in slices of WORKER_TTL - 15 s), so a worker killed
+# outright drops out of /api/stats within about WORKER_TTL + 60 seconds.
+WORKER_TTL = 20
+REGISTRATION_CHECK_EVERY = 5.0  # seconds
+RESTART_DELAY_MIN, RESTART_DELAY_MAX = 0.5, 30.0  # seconds, doubling while Redis stays away
 
 
 class FanoutWorker(SimpleWorker):
+    stop_requested = False
+    _registration_checked = 0.0
+
     def execute_job(self, job, queue):
         close_old_connections()
         try:
             return super().execute_job(job, queue)
         finally:
             close_old_connections()
+
+    def request_stop(self, signum, frame):
+        self.stop_requested = True  # Ctrl-C or SIGTERM: ``run`` must not start another loop
+        super().request_stop(signum, frame)
+
+    def heartbeat(self, timeout=None, pipeline=None):
+        if pipeline is None:
+            self._register_again_if_forgotten()
+        super().heartbeat(timeout, pipeline)
+
+    def _register_again_if_forgotten(self) -> None:
+        now = time.monotonic()
+        if now - self._registration_checked < REGISTRATION_CHECK_EVERY:
+            return
+        self._registration_checked = now
+        if not self.connection.sismember(worker_registration.REDIS_WORKER_KEYS, self.key):
+            self.log.warning(
+                "Worker %s: Redis has forgotten this worker (restarted empty?); registering again", self.name
+            )
+            self.connection.delete(self.key)
+            self.register_birth()
+
+
+def make_worker(*, name: str | None = None) -> FanoutWorker:
+    return get_worker(
+        *WORKER_QUEUES,
+        worker_class="fanout.worker.FanoutWorker",
+        serializer=SERIALIZER,
+        name=name,
+        worker_ttl=WORKER_TTL,
+    )
+
+
+def run(*, burst: bool = False, name: str | None = None, logging_level: str = "WARNING") -> None:
+    """Run a worker until it is told to stop (or, with ``burst``, until the queues are empty)."""
+    delay = RESTART_DELAY_MIN
+    while True:
+        worker = None
+        started = time.monotonic()
+        try:
+            worker = make_worker(name=name)
+            worker.work(burst=burst, logging_level=logging_level)
+            failure = "its loop ended"
+        except RedisError as exc:
+            failure = f"Redis error: {exc}"
+        if worker is not None and worker.stop_requested:
+            return
+        if burst and failure == "its loop ended":
+            return
+        if time.monotonic() - started > RESTART_DELAY_MAX:
+            delay = RESTART_DELAY_MIN  # it ran well for a while: this is a new outage
+        logger.warning("fan-out worker stopped (%s); starting it again in %.1f s", failure, delay)
+        # RQ's handlers would try to stop a worker that is gone: between loops, a signal
+        # simply ends the process (no job is running).
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        time.sleep(delay)
+        delay = min(delay * 2, RESTART_DELAY_MAX)

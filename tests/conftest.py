@@ -19,12 +19,10 @@ import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import Client
-from django_rq import get_worker
 from redis import Redis
 
-from fanout.admission import WORKER_QUEUES
 from fanout.connection import get_redis
-from fanout.management.commands.fanout_worker import SERIALIZER
+from fanout.worker import make_worker
 from tests.browser import browser, chromium, context, page  # noqa: F401  (fixtures for every module)
 
 User = get_user_model()
@@ -182,8 +180,7 @@ def run_worker():
     """Run a real RQ fan-out worker (our worker class, JSON serializer) until the queues are empty."""
 
     def run() -> None:
-        worker = get_worker(*WORKER_QUEUES, worker_class="fanout.worker.FanoutWorker", serializer=SERIALIZER)
-        worker.work(burst=True, with_scheduler=False)
+        make_worker().work(burst=True)
 
     return run
 

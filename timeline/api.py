@@ -19,10 +19,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.csrf import csrf_failure as html_csrf_failure
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
-from redis.exceptions import RedisError
 
 from fanout import metrics
-from fanout.admission import RETRY_AFTER_MAX, Overloaded, RateLimited
+from fanout.admission import Overloaded, RateLimited
 from timeline import selectors, services
 from timeline.forms import SignupForm, TweetForm
 from timeline.payloads import fanout_payload, tweet_payload, user_payload
@@ -81,11 +80,6 @@ def api_view(*methods: str, login_required: bool = True, staff_required: bool = 
                     429, "rate_limited", f"You are posting very fast; try again in {exc.retry_after} s."
                 )
                 response["Retry-After"] = str(exc.retry_after)
-                return response
-            except RedisError:
-                logger.exception("Redis unavailable during %s %s", request.method, request.path)
-                response = error_response(503, "unavailable", "The queue is unreachable for a moment; try again.")
-                response["Retry-After"] = str(RETRY_AFTER_MAX)
                 return response
 
         return wrapper

@@ -15,7 +15,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 
 from timeline.limits import InFlightLimit  # noqa: E402
-from timeline.routing import websocket_urlpatterns  # noqa: E402
+from timeline.routing import RefuseDuringOutage, websocket_urlpatterns  # noqa: E402
 
 # A web process holding a thousand sockets has a large long-lived heap, and a fan-out briefly
 # holds one message per socket. With the default thresholds (700, 10, 10) those messages are
@@ -27,6 +27,8 @@ gc.set_threshold(10_000, 50, 100)
 application = ProtocolTypeRouter(
     {
         "http": InFlightLimit(django_asgi_app, limit=settings.WEB_MAX_IN_FLIGHT),
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": AllowedHostsOriginValidator(
+            RefuseDuringOutage(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+        ),
     }
 )

@@ -8,6 +8,7 @@ import json
 import logging
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from redis.exceptions import RedisError
 
 from fanout import presence
 from fanout.push import user_group
@@ -18,6 +19,7 @@ logger = logging.getLogger(__name__)
 MAX_CLIENT_FRAME = 1024
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_BAD_FRAME = 4400
+CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455's "Try Again Later"
 FORWARDED_EVENTS = frozenset({"tweet.new", "fanout.progress", "fanout.done"})
 
 
@@ -29,6 +31,7 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
             return
         self.user_id = user.pk
         self.group = user_group(user.pk)
+        # With Redis away these raise, and timeline.routing closes the socket with 1013.
         await self.channel_layer.group_add(self.group, self.channel_name)
         await presence.mark_online(self.user_id)
         await self.accept()
@@ -40,7 +43,8 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
             with contextlib.suppress(asyncio.CancelledError):
                 await self.heartbeat
         if hasattr(self, "group"):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            with contextlib.suppress(RedisError, OSError):  # Redis away: its subscription went with it
+                await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def _stay_online(self) -> None:
         while True:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+from contextlib import suppress
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Q
+from redis.exceptions import RedisError
 
 from fanout import timelines
 from timeline.models import Follow, Tweet
 
 User = get_user_model()
+logger = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
@@ -48,16 +52,45 @@ def _rebuild_home(user_id: int) -> None:
 def home_timeline(
     *, user: AbstractBaseUser, limit: int = DEFAULT_PAGE_SIZE, before: int | None = None, after: int | None = None
 ) -> Page:
-    """The newest ``limit`` tweets of the user and of those they follow, with after < id < before."""
-    if not timelines.is_materialized(user.pk):
-        _rebuild_home(user.pk)
-    # One more than asked, to know whether there is a next page.
-    ids, size = timelines.page(user.pk, limit=limit + 1, before=before, after=after)
-    if len(ids) <= limit and size >= settings.TIMELINE_CAP:
+    """The newest ``limit`` tweets of the user and of those they follow, with after < id < before.
+
+    Ids come from Redis when it answers, from the database (the source of truth) when it does
+    not. An id whose tweet is gone (deleted while its fan-out ran, or before a delete reached
+    this timeline) is dropped from Redis, and the page reads on past it rather than ending early.
+    """
+    tweets: list[Tweet] = []
+    upper = before
+    while True:
+        want = limit + 1 - len(tweets)  # one more than asked, to know whether there is a next page
+        ids = _home_ids(user.pk, limit=want, before=upper, after=after)
+        found = _hydrate(ids)
+        tweets += found
+        if len(found) < len(ids):
+            gone = set(ids) - {t.pk for t in found}
+            with suppress(RedisError):
+                timelines.remove(user.pk, gone)
+        if len(ids) < want or len(tweets) > limit:
+            return _page(tweets, limit)
+        upper = ids[-1]
+
+
+def _home_ids(user_id: int, *, limit: int, before: int | None, after: int | None) -> list[int]:
+    try:
+        return _home_ids_from_redis(user_id, limit=limit, before=before, after=after)
+    except RedisError as exc:
+        logger.warning("home timeline of user %s read from the database: Redis is away (%s)", user_id, exc)
+        return _home_ids_from_db(user_id, limit=limit, before=before, after=after)
+
+
+def _home_ids_from_redis(user_id: int, *, limit: int, before: int | None, after: int | None) -> list[int]:
+    if not timelines.is_materialized(user_id):
+        _rebuild_home(user_id)
+    ids, size = timelines.page(user_id, limit=limit, before=before, after=after)
+    if len(ids) < limit and size >= settings.TIMELINE_CAP:
         # The capped set ran out; anything older is only in the database.
         older_than = ids[-1] if ids else before
-        ids += _home_ids_from_db(user.pk, limit=limit + 1 - len(ids), before=older_than, after=after)
-    return _page(_hydrate(ids), limit)
+        ids += _home_ids_from_db(user_id, limit=limit - len(ids), before=older_than, after=after)
+    return ids
 
 
 def user_tweets(*, author: AbstractBaseUser, limit: int = DEFAULT_PAGE_SIZE, before: int | None = None) -> Page:

@@ -38,6 +38,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "timeline.middleware.ServiceUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "timeline.urls"
@@ -81,6 +82,9 @@ REDIS_URL = config.env_redis_url("REDIS_URL", f"unix://{VAR_DIR / 'redis' / 'red
 FANOUT_QUEUE_CAP = config.env_int("FANOUT_QUEUE_CAP", 100)
 FANOUT_BATCH_SIZE = config.env_int("FANOUT_BATCH_SIZE", 1000, minimum=1, maximum=100_000)
 TIMELINE_CAP = config.env_int("TIMELINE_CAP", 800, minimum=10, maximum=100_000)
+# A worker holds a running fan-out's lease this long and renews it with every batch; when a
+# worker dies, the relay gives its fan-out to another one this many seconds (plus one) later.
+FANOUT_LEASE_SECONDS = config.env_int("FANOUT_LEASE_SECONDS", 5, minimum=1, maximum=3600)
 
 # HTTP requests one web process works on at once; past it, 503 at the door (0 turns it off).
 WEB_MAX_IN_FLIGHT = config.env_int("WEB_MAX_IN_FLIGHT", 32)

@@ -46,3 +46,6 @@ urlpatterns = [
     path("admin/rq/", include("django_rq.urls")),
     path("admin/", admin.site.urls),
 ]
+
+# Redis or the database failing outside a view (in a middleware) still answers 503, not 500.
+handler500 = "timeline.views.server_error"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
 
 from django.conf import settings
@@ -13,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
+from django.views import defaults
 from django.views.decorators.http import require_GET, require_POST
 from redis.exceptions import RedisError
 
@@ -20,6 +22,7 @@ from fanout.admission import Overloaded, RateLimited
 from fanout.connection import get_redis
 from timeline import selectors, services
 from timeline.forms import SignupForm, TweetForm
+from timeline.middleware import outage_part, unavailable_response
 from timeline.models import TWEET_MAX_LENGTH
 
 User = get_user_model()
@@ -141,3 +144,11 @@ def healthz(request: HttpRequest) -> HttpResponse:
         parts["redis"] = False
     ok = all(parts.values())
     return JsonResponse({"ok": ok, **parts}, status=200 if ok else 503)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """Django's 500 handler, except for an outage of Redis or the database: that is a 503."""
+    part = outage_part(sys.exc_info()[1])
+    if part is not None:
+        return unavailable_response(request, part)
+    return defaults.server_error(request)

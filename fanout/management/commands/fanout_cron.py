@@ -1,5 +1,5 @@
-"""Periodic chores, in one small process: sample the queue depth every second, run the
-outbox relay every few seconds, and prune expired presence marks now and then."""
+"""Periodic chores, in one small process: sample the queue depth and run the outbox relay
+every second, and prune expired presence marks now and then."""
 
 import logging
 import time
@@ -7,11 +7,10 @@ import time
 from django.core.management.base import BaseCommand
 
 from fanout import metrics, presence
-from fanout.relay import relay_pending_fanouts
+from fanout.relay import RELAY_EVERY, relay_fanouts
 
 logger = logging.getLogger("fanout.cron")
 
-RELAY_EVERY = 5  # seconds
 PRUNE_EVERY = 60
 
 
@@ -27,7 +26,7 @@ class Command(BaseCommand):
             started = time.monotonic()
             chores = [metrics.sample_depth]
             if once or tick % RELAY_EVERY == 0:
-                chores.append(relay_pending_fanouts)
+                chores.append(relay_fanouts)
             if once or tick % PRUNE_EVERY == 0:
                 chores.append(presence.prune)
             for chore in chores:

@@ -1,17 +1,15 @@
-"""Run an RQ worker on the fan-out queues, with the JSON serializer and our worker class.
+"""Run a fan-out worker: RQ, on the fan-out queues, with the JSON serializer and our worker class.
 
-A thin wrapper over django-rq's worker so that every worker, wherever it is started, listens
-on the same queues in the same priority order and never unpickles anything.
+A thin wrapper over ``fanout.worker.run``, so that every worker, wherever it is started, listens
+on the same queues in the same priority order, never unpickles anything, and survives Redis
+going away (it waits for it to come back rather than exiting).
 """
 
-from django.core.management.base import BaseCommand, CommandError
-from django_rq import get_worker
-from redis.exceptions import ConnectionError as RedisConnectionError
+from django.core.management.base import BaseCommand
 from rq.logutils import setup_loghandlers
 
+from fanout import worker
 from fanout.admission import WORKER_QUEUES
-
-SERIALIZER = "rq.serializers.JSONSerializer"
 
 
 class Command(BaseCommand):
@@ -19,15 +17,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--burst", action="store_true", help="Stop when the queues are empty.")
-        parser.add_argument("--name", default=None, help="Worker name (default: host and pid).")
+        parser.add_argument("--name", default=None, help="Worker name (default: a random one).")
 
     def handle(self, *args, burst: bool, name: str | None, verbosity: int, **options):
         level = {0: "WARNING", 1: "INFO"}.get(verbosity, "DEBUG")
         setup_loghandlers(level)
-        try:
-            worker = get_worker(
-                *WORKER_QUEUES, worker_class="fanout.worker.FanoutWorker", serializer=SERIALIZER, name=name
-            )
-            worker.work(burst=burst, with_scheduler=True, logging_level=level)
-        except RedisConnectionError as exc:
-            raise CommandError(f"cannot reach Redis: {exc}") from None
+        worker.run(burst=burst, name=name, logging_level=level)

@@ -1,7 +1,9 @@
 """Demo data: a few people who follow each other, a staff user, and one popular account.
 
 Idempotent: users are found or made, tweets carry fixed client_ids (so posting them again
-finds the same tweets), and passwords are reset to the printed demo ones each run.
+finds the same tweets), and passwords are reset to the printed demo ones each run. The tweets
+skip admission control: seeding is not people posting, and must start even when the queue is
+full (``WORKERS=0 FANOUT_QUEUE_CAP=3 make run``, or old jobs left in Redis by a previous run).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class Command(BaseCommand):
         for name, bodies in TWEETS.items():
             for i, body in enumerate(bodies):
                 client_id = uuid.uuid5(DEMO_NAMESPACE, f"{name}/{i}")
-                services.tweet_create(author=users[name], body=body, client_id=client_id)
+                services.tweet_create(author=users[name], body=body, client_id=client_id, admission_control=False)
 
         self.stdout.write(self.style.SUCCESS("Demo data ready. Log in as:"))
         for name, password in [*PEOPLE.items(), POPULAR]:

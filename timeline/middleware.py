@@ -1,0 +1,57 @@
+"""Redis or the database away: a clear 503 with Retry-After, never a 500.
+
+Either can go away for seconds (a restart, a failover, SQLite's write lock held past its
+timeout). Views that can do without Redis do (the home timeline is read from the database);
+anything else that meets an outage ends here and answers like the rest of the app sheds load:
+503, ``Retry-After``, JSON for the API and a plain page for people. The page does not extend
+``base.html``, whose header asks the database who is logged in.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import InterfaceError, OperationalError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.template.loader import render_to_string
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 5
+
+
+def outage_part(exception: BaseException | None) -> str | None:
+    """Which part an exception says is away ("queue" or "database"), or None for a real bug."""
+    if isinstance(exception, RedisError):
+        return "queue"
+    if isinstance(exception, (OperationalError, InterfaceError)):
+        return "database"
+    return None
+
+
+def unavailable_response(request: HttpRequest, part: str) -> HttpResponse:
+    message = f"The {part} is unreachable for a moment; nothing was done. Try again in a few seconds."
+    if request.path.startswith("/api/"):
+        body = {"error": {"code": "unavailable", "message": message, "fields": {}}}
+        response: HttpResponse = JsonResponse(body, status=503)
+    else:
+        html = render_to_string("503.html", {"message": message, "retry_after": RETRY_AFTER_SECONDS})
+        response = HttpResponse(html, status=503)
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+class ServiceUnavailableMiddleware:
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        part = outage_part(exception)
+        if part is None:
+            return None
+        logger.warning("%s unavailable during %s %s: %s", part, request.method, request.path, exception)
+        return unavailable_response(request, part)
