@@ -5,22 +5,20 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 PORT    ?= 8000
 WORKERS ?= 2
-export PORT WORKERS
-
+WEB_PROCESSES ?= $(shell nproc 2>/dev/null || echo 1)
 # A private Redis is started unless REDIS_URL names one to use.
-ifdef REDIS_URL
-FORMATION := worker=$(WORKERS),redis=0
-else
-FORMATION := worker=$(WORKERS)
-endif
+START_REDIS := $(if $(REDIS_URL),false,true)
+export PORT WORKERS WEB_PROCESSES START_REDIS
 
 .PHONY: run test setup lint clean
 
 run: $(VENV)/.run-deps
-	@mkdir -p var
+	@mkdir -p var/log && chmod 700 var
+	@# Settings are read (and every variable checked) before anything starts.
+	@$(BIN)/python manage.py check -v 0
 	$(BIN)/python manage.py migrate --noinput -v 0
-	@echo "Starting on http://127.0.0.1:$(PORT)/ with $(WORKERS) worker(s); Ctrl-C stops everything."
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile -c $(FORMATION)
+	@echo "Starting on http://127.0.0.1:$(PORT)/ with $(WEB_PROCESSES) web process(es) and $(WORKERS) worker(s); Ctrl-C stops everything."
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/supervisord -c supervisord.conf
 
 test: $(VENV)/.dev-deps
 	@scripts/ensure-chromium

@@ -24,6 +24,7 @@ from typing import Any
 from channels.layers import get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from fanout.connection import get_redis
 
@@ -65,6 +66,8 @@ def send(messages: Iterable[tuple[int, Event]]) -> None:
             _publish_pipelined(layer, messages)
         else:
             asyncio.run_coroutine_threadsafe(_send_all(messages), _background_loop()).result(SEND_TIMEOUT_SECONDS)
+    except (RedisError, OSError) as exc:  # Redis away: one line, the pages catch up later
+        logger.warning("live push of %d event(s) failed: %s", len(messages), exc)
     except Exception:
         logger.exception("live push of %d event(s) failed", len(messages))
 

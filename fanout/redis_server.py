@@ -126,27 +126,12 @@ def wait_until_ready(url: str, *, timeout: float, process: subprocess.Popen | No
         time.sleep(0.05)
 
 
-# On Ctrl-C everything stops at once, but workers still talk to Redis as they shut down
-# (deregistering, giving back an unfinished job): the server outlives them by this much.
-STOP_GRACE_SECONDS = 2.0
-
-
 def main() -> None:
-    """`python -m fanout.redis_server`: run the local private server until told to stop."""
-    import signal
-
+    """`python -m fanout.redis_server`: become the local private server (`make run` supervises it)."""
     base = Path(__file__).resolve().parent.parent
     data_dir = base / "var" / "redis"
-    # A session of its own, so the terminal's Ctrl-C reaches this wrapper but not the server.
-    server = subprocess.Popen(command(data_dir, port=0, unixsocket=data_dir / "redis.sock"), start_new_session=True)
-
-    def stop(signum, frame) -> None:
-        time.sleep(STOP_GRACE_SECONDS)
-        server.terminate()
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    raise SystemExit(server.wait())
+    args = command(data_dir, port=0, unixsocket=data_dir / "redis.sock")
+    os.execv(args[0], args)
 
 
 if __name__ == "__main__":

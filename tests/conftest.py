@@ -30,6 +30,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 LIVE_REDIS_URL = os.environ["REDIS_URL"].rsplit("/", 1)[0] + "/1"
 CLEARED_PER_TEST = ("tl:*", "rq:queue:*", "rq:job:*", "rq:wip:*", "fanout:*", "metrics:*", "ratelimit:*", "presence:*")
 _names = itertools.count()
+WORKER_COMMAND = [sys.executable, "manage.py", "fanout_worker", "-v", "0"]
 
 
 @pytest.fixture(autouse=True)
@@ -55,10 +56,8 @@ class LiveApp:
     commands: dict[str, list[str]]
     logs: Path
 
-    def restart(self, name: str) -> None:
-        """Kill one process outright (no clean shutdown) and start it again with the same command."""
-        self.processes[name].kill()
-        self.processes[name].wait(timeout=10)
+    def start(self, name: str) -> subprocess.Popen:
+        """Start (again) the process called ``name`` with its command."""
         self.processes[name] = subprocess.Popen(
             self.commands[name],
             cwd=BASE_DIR,
@@ -66,6 +65,22 @@ class LiveApp:
             stdout=(self.logs / f"{name}.log").open("a"),
             stderr=subprocess.STDOUT,
         )
+        return self.processes[name]
+
+    def start_worker(self, name: str) -> subprocess.Popen:
+        """Start a fan-out worker called ``name`` (one more, or one that was killed)."""
+        self.commands.setdefault(name, WORKER_COMMAND)
+        return self.start(name)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: no clean shutdown, as when a machine or the OOM killer takes a process."""
+        self.processes[name].kill()
+        self.processes[name].wait(timeout=10)
+
+    def restart(self, name: str) -> None:
+        """Kill one process outright and start it again with the same command."""
+        self.kill(name)
+        self.start(name)
         for url in self.urls:
             _wait_for_http(f"{url}/healthz", timeout=30, processes=self.processes)
 
@@ -98,8 +113,11 @@ def _wait_for_http(url: str, *, timeout: float, processes: dict[str, subprocess.
     raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f}s")
 
 
-def start_live_app(logs: Path, *, redis_url: str, webs: int = 1, workers: int = 1, **env_overrides: str) -> LiveApp:
-    """Real processes on the test database: ``webs`` daphne servers and ``workers`` fan-out workers."""
+def start_live_app(
+    logs: Path, *, redis_url: str, webs: int = 1, workers: int = 1, cron: bool = False, **env_overrides: str
+) -> LiveApp:
+    """Real processes on the test database: ``webs`` daphne servers, ``workers`` fan-out workers,
+    and with ``cron`` the periodic chores (the outbox relay)."""
     from fanout.redis_server import free_port
 
     env = {
@@ -116,7 +134,9 @@ def start_live_app(logs: Path, *, redis_url: str, webs: int = 1, workers: int = 
         f"daphne{i}": [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "timeline.asgi:application"]
         for i, port in enumerate(ports)
     }
-    commands.update({f"worker{i}": [sys.executable, "manage.py", "fanout_worker", "-v", "0"] for i in range(workers)})
+    commands.update({f"worker{i}": WORKER_COMMAND for i in range(workers)})
+    if cron:
+        commands["cron"] = [sys.executable, "manage.py", "fanout_cron"]
     processes = {
         name: subprocess.Popen(
             cmd, cwd=BASE_DIR, env=env, stdout=(logs / f"{name}.log").open("w"), stderr=subprocess.STDOUT
@@ -194,6 +214,16 @@ def session_cookie(user) -> str:
     client = Client()
     client.force_login(user)
     return f"sessionid={client.cookies['sessionid'].value}"
+
+
+def get_json(url: str, *, cookie: str = "", timeout: float = 10) -> tuple[int, dict[str, str], dict]:
+    """GET a live server's JSON as a logged-in browser would."""
+    request = urllib.request.Request(url, headers={"Cookie": cookie, "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), json.load(error)
 
 
 def post_json(url: str, payload: dict, *, cookie: str, timeout: float = 10) -> tuple[int, dict[str, str], dict]:

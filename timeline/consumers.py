@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 MAX_CLIENT_FRAME = 1024
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_BAD_FRAME = 4400
-CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455's "Try Again Later"
+# RFC 6455's 1013 "Try Again Later" is not a code an ASGI app may send: 4000 + HTTP's 503.
+CLOSE_TRY_AGAIN_LATER = 4503
 FORWARDED_EVENTS = frozenset({"tweet.new", "fanout.progress", "fanout.done"})
 
 
@@ -31,7 +32,7 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
             return
         self.user_id = user.pk
         self.group = user_group(user.pk)
-        # With Redis away these raise, and timeline.routing closes the socket with 1013.
+        # With Redis away these raise, and timeline.routing closes the socket with 4503.
         await self.channel_layer.group_add(self.group, self.channel_name)
         await presence.mark_online(self.user_id)
         await self.accept()

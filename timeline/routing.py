@@ -2,7 +2,7 @@
 
 The pub/sub channel layer subscribes a new socket's channel in Redis before the consumer sees
 the handshake, so with Redis away the handshake would fail with an HTTP 500. The guard turns an
-outage met before the handshake is answered into an accepted-then-closed socket with code 1013
+outage met before the handshake is answered into an accepted-then-closed socket with code 4503
 ("try again later"): the page reconnects with backoff, and fills its gap once Redis is back.
 """
 

@@ -67,8 +67,9 @@ DATABASES = {"default": config.env_database("DATABASE_URL", VAR_DIR / "db.sqlite
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",
-        "timeout": 20,
+        "timeout": 20,  # seconds; sqlite:///path?timeout=N sets another
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        **DATABASES["default"].get("OPTIONS", {}),
     }
     # A file, not memory, so that the daphne and worker processes of the end-to-end tests share
     # it; named per test run, so that two runs on one checkout do not trample each other.
@@ -85,6 +86,10 @@ TIMELINE_CAP = config.env_int("TIMELINE_CAP", 800, minimum=10, maximum=100_000)
 # A worker holds a running fan-out's lease this long and renews it with every batch; when a
 # worker dies, the relay gives its fan-out to another one this many seconds (plus one) later.
 FANOUT_LEASE_SECONDS = config.env_int("FANOUT_LEASE_SECONDS", 5, minimum=1, maximum=3600)
+
+# Processes `make run` starts (supervisord.conf); read here so that a bad value stops start-up.
+WEB_PROCESSES = config.env_int("WEB_PROCESSES", config.os.cpu_count() or 1, minimum=1, maximum=256)
+WORKERS = config.env_int("WORKERS", 2, minimum=0, maximum=256)
 
 # HTTP requests one web process works on at once; past it, 503 at the door (0 turns it off).
 WEB_MAX_IN_FLIGHT = config.env_int("WEB_MAX_IN_FLIGHT", 32)
@@ -151,15 +156,21 @@ STATIC_ROOT = None
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
+_PROCESS_NAME = (config.os.environ.get("SUPERVISOR_PROCESS_NAME", "") + " ").lstrip()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    # Under `make run`, supervisor names each process (web_0, worker_1...): say which one logged.
+    "formatters": {"plain": {"format": f"%(asctime)s {_PROCESS_NAME}%(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {
+        # A 503 is load shed on purpose (or an outage, logged once where it is met), not a bug.
+        "not_shed": {"()": "django.utils.log.CallbackFilter", "callback": lambda r: getattr(r, "status_code", 0) != 503}
+    },
     "loggers": {
         # Server errors to the console: with DEBUG off Django would only mail them to admins.
-        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
-        "timeline": {"handlers": ["console"], "level": "INFO"},
-        "fanout": {"handlers": ["console"], "level": "INFO"},
+        "django.request": {"handlers": ["console"], "level": "ERROR", "filters": ["not_shed"], "propagate": False},
+        "timeline": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "fanout": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }

@@ -5,6 +5,8 @@ import logging
 import time
 
 from django.core.management.base import BaseCommand
+from django.db import OperationalError
+from redis.exceptions import RedisError
 
 from fanout import metrics, presence
 from fanout.relay import RELAY_EVERY, relay_fanouts
@@ -34,6 +36,8 @@ class Command(BaseCommand):
                 # nor this process: log it and try again next round.
                 try:
                     chore()
+                except (RedisError, OperationalError) as exc:  # an outage: one line, not a traceback
+                    logger.warning("%s failed (%s); trying again next round", chore.__name__, exc)
                 except Exception:
                     logger.exception("%s failed; trying again next round", chore.__name__)
             if once:
