@@ -1,8 +1,14 @@
-"""Who is online: one Redis sorted set, user id -> the time their presence expires.
+"""Who is online, and how many sockets each user holds.
 
-Each open websocket marks its user online for ``PRESENCE_TTL`` seconds and renews the mark
-while it stays open, so a server that crashes leaves no ghosts for longer than that. A user
-with two tabs is one member; the later expiry wins (ZADD GT).
+Online: one Redis sorted set, user id -> the time their presence expires. Each open websocket
+marks its user online for ``PRESENCE_TTL`` seconds and renews the mark while it stays open, so a
+server that crashes leaves no ghosts for longer than that. A user with two tabs is one member;
+the later expiry wins (ZADD GT).
+
+Sockets: one sorted set per user, channel name -> when it connected, so that one account cannot
+hold any number of sockets (each costs memory in a web process and a subscription in Redis).
+Past ``settings.SOCKETS_PER_USER`` the oldest are closed: the newest page is the one in use.
+A socket of a crashed server stays listed until it is the oldest and is "closed", harmlessly.
 """
 
 from __future__ import annotations
@@ -18,10 +24,34 @@ PRESENCE_KEY = "presence:online"
 PRESENCE_TTL = 60
 # Sockets renew well inside the TTL, so one late renewal does not make a user look offline.
 RENEW_EVERY = PRESENCE_TTL / 3
+# A user's socket list outlives its last socket by this much (then Redis drops it).
+SOCKETS_KEY_TTL = 24 * 3600
 
 
 async def mark_online(user_id: int) -> None:
     await get_async_redis().zadd(PRESENCE_KEY, {str(user_id): time.time() + PRESENCE_TTL}, gt=True)
+
+
+def _sockets_key(user_id: int) -> str:
+    return f"presence:sockets:{user_id}"
+
+
+async def add_socket(user_id: int, channel_name: str, *, cap: int) -> list[str]:
+    """List a new socket of the user; returns the channel names of the oldest beyond ``cap``."""
+    key = _sockets_key(user_id)
+    async with get_async_redis().pipeline(transaction=True) as pipe:
+        pipe.zadd(key, {channel_name: time.time()})
+        pipe.zrange(key, 0, -(cap + 1))  # all but the newest ``cap``
+        pipe.expire(key, SOCKETS_KEY_TTL)
+        _, oldest, _ = await pipe.execute()
+    evicted = [name.decode() for name in oldest]
+    if evicted:
+        await get_async_redis().zrem(key, *evicted)
+    return evicted
+
+
+async def remove_socket(user_id: int, channel_name: str) -> None:
+    await get_async_redis().zrem(_sockets_key(user_id), channel_name)
 
 
 def online_among(user_ids: Sequence[int], *, redis: Redis | None = None) -> list[int]:

@@ -1,7 +1,8 @@
 """The one place that talks to the channel layer.
 
 Events are plain dicts with a ``type`` (``tweet.new``, ``fanout.progress``, ``fanout.done``),
-sent to per-user groups; the websocket consumer forwards them to the browser unchanged.
+sent to per-user groups; the websocket consumer forwards them to the browser unchanged. Each
+socket is also in its login session's group, which hears ``session.ended`` on logout.
 
 Workers are synchronous, and the channel layer is asyncio. With the pub/sub layer (the
 default, see docs/benchmarks.md) a group send is one PUBLISH, and the layer sends them one at a
@@ -15,6 +16,7 @@ would start a fresh loop, and fresh connections, per call), and a batch is sent 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import threading
@@ -42,6 +44,16 @@ def user_group(user_id: int) -> str:
     return f"user.{user_id}"
 
 
+def session_group(session_key: str) -> str:
+    """The sockets of one login session. The key is hashed: channel names are visible to anyone
+    who can read Redis, and a session key is a credential."""
+    return f"session.{hashlib.sha256(session_key.encode()).hexdigest()[:40]}"
+
+
+def session_ended() -> Event:
+    return {"type": "session.ended"}
+
+
 def tweet_new(tweet: dict[str, Any]) -> Event:
     return {"type": "tweet.new", "tweet": tweet}
 
@@ -57,6 +69,11 @@ def send(messages: Iterable[tuple[int, Event]]) -> None:
     A user who misses an event loses nothing: the page fills gaps from the home timeline
     (``?after=``) when its socket reconnects.
     """
+    send_to_groups((user_group(user_id), event) for user_id, event in messages)
+
+
+def send_to_groups(messages: Iterable[tuple[str, Event]]) -> None:
+    """Send each (group, event), best effort (see ``send``)."""
     messages = list(messages)
     if not messages:
         return
@@ -77,23 +94,23 @@ def _publishes_to_our_redis(layer) -> bool:
     return isinstance(layer, RedisPubSubChannelLayer) and hosts == [settings.REDIS_URL]
 
 
-def _publish_pipelined(layer: RedisPubSubChannelLayer, messages: list[tuple[int, Event]]) -> None:
+def _publish_pipelined(layer: RedisPubSubChannelLayer, messages: list[tuple[str, Event]]) -> None:
     # The group channel name as channels_redis 4.x's pub/sub layer makes it (its method for
     # this needs a running event loop); the end-to-end tests fail if a new version changes it.
     prefix = settings.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("prefix", "asgi")
     serialized: dict[int, bytes] = {}  # one event object goes to many followers: encode it once
     with get_redis().pipeline(transaction=False) as pipe:
-        for user_id, event in messages:
+        for group, event in messages:
             data = serialized.get(id(event))
             if data is None:
                 data = serialized[id(event)] = layer.serialize(event)
-            pipe.publish(f"{prefix}__group__{user_group(user_id)}", data)
+            pipe.publish(f"{prefix}__group__{group}", data)
         pipe.execute()
 
 
-async def _send_all(messages: list[tuple[int, Event]]) -> None:
+async def _send_all(messages: list[tuple[str, Event]]) -> None:
     layer = get_channel_layer()
-    await asyncio.gather(*(layer.group_send(user_group(user_id), event) for user_id, event in messages))
+    await asyncio.gather(*(layer.group_send(group, event) for group, event in messages))
 
 
 def _background_loop() -> asyncio.AbstractEventLoop:

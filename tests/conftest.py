@@ -28,7 +28,17 @@ from tests.browser import browser, chromium, context, page  # noqa: F401  (fixtu
 User = get_user_model()
 BASE_DIR = Path(__file__).resolve().parent.parent
 LIVE_REDIS_URL = os.environ["REDIS_URL"].rsplit("/", 1)[0] + "/1"
-CLEARED_PER_TEST = ("tl:*", "rq:queue:*", "rq:job:*", "rq:wip:*", "fanout:*", "metrics:*", "ratelimit:*", "presence:*")
+CLEARED_PER_TEST = (
+    "tl:*",
+    "rq:queue:*",
+    "rq:job:*",
+    "rq:wip:*",
+    "fanout:*",
+    "metrics:*",
+    "ratelimit:*",
+    "presence:*",
+    "throttle:*",
+)
 _names = itertools.count()
 WORKER_COMMAND = [sys.executable, "manage.py", "fanout_worker", "-v", "0"]
 

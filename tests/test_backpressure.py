@@ -195,6 +195,11 @@ def test_no_javascript_compose_over_the_cap_is_503_page_keeping_the_text(make_us
     assert not Tweet.objects.filter(client_id=client_id).exists()
 
 
+async def until(condition) -> None:
+    while not condition():
+        await asyncio.sleep(0)
+
+
 async def test_the_in_flight_limit_sheds_at_the_door_and_recovers(redis):
     """Past the limit, requests get 503 + Retry-After at once, without reaching Django."""
     from timeline.limits import InFlightLimit
@@ -215,20 +220,18 @@ async def test_the_in_flight_limit_sheds_at_the_door_and_recovers(redis):
         async def send(message):
             sent.append(message)
 
-        await limited({"type": "http", "path": path}, None, send)
+        await limited({"type": "http", "path": path, "method": "GET"}, None, send)
         return sent[0]["status"], dict(sent[0].get("headers", [])), sent[1]["body"]
 
     busy = [asyncio.create_task(request("/api/tweets")) for _ in range(2)]
-    while len(reached) < 2:
-        await asyncio.sleep(0)
+    await asyncio.wait_for(until(lambda: len(reached) == 2), timeout=5)
     status, headers, body = await request("/api/tweets")
     assert status == 503 and headers[b"retry-after"] == b"1"
     assert json.loads(body)["error"]["code"] == "overloaded"
     assert reached == ["/api/tweets"] * 2  # the shed request never reached the app
 
     exempt = asyncio.create_task(request("/healthz"))  # how overload is seen: never shed
-    while len(reached) < 3:
-        await asyncio.sleep(0)
+    await asyncio.wait_for(until(lambda: len(reached) == 3), timeout=5)
     release.set()
     assert [(await t)[0] for t in (*busy, exempt)] == [200, 200, 200]
     assert (await request("/api/tweets"))[0] == 200

@@ -38,6 +38,11 @@ def start(**env: str) -> subprocess.CompletedProcess:
         ("DJANGO_SECRET_KEY", "short"),
         ("CHANNEL_LAYER", "carrier-pigeon"),
         ("WEB_MAX_IN_FLIGHT", "-3"),
+        ("WEB_PROCESSES", "0"),
+        ("WORKERS", "-1"),
+        ("FANOUT_LEASE_SECONDS", "0"),
+        ("SOCKETS_PER_USER", "none"),
+        ("DJANGO_SECURE", "sometimes"),
     ],
 )
 def test_bad_values_stop_start_up_with_one_line_naming_the_variable(name, value):
@@ -51,3 +56,13 @@ def test_bad_values_stop_start_up_with_one_line_naming_the_variable(name, value)
 def test_good_values_start():
     result = start(FANOUT_QUEUE_CAP="0", PORT="8123", DJANGO_DEBUG="yes")
     assert result.returncode == 0, result.stderr
+
+
+def test_django_secure_turns_on_secure_cookies_hsts_and_the_proxy_header():
+    show = "from django.conf import settings as s; print(s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_HSTS_SECONDS, s.SECURE_PROXY_SSL_HEADER)"
+    shell = [sys.executable, "manage.py", "shell", "--no-imports", "-c", show]
+    run = {"cwd": BASE_DIR, "capture_output": True, "text": True, "timeout": 60}
+    on = subprocess.run(shell, env={**os.environ, "DJANGO_SECURE": "1"}, **run)
+    off = subprocess.run(shell, env={**os.environ, "DJANGO_SECURE": "0"}, **run)
+    assert on.stdout.split() == ["True", "True", "31536000", "('HTTP_X_FORWARDED_PROTO',", "'https')"], on.stderr
+    assert off.stdout.split()[:3] == ["False", "False", "0"], off.stderr

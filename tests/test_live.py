@@ -31,9 +31,10 @@ async def connect(user=None, origin=ORIGIN) -> tuple[WebsocketCommunicator, bool
     return communicator, connected
 
 
-async def test_anonymous_socket_is_refused():
+async def test_anonymous_socket_is_closed_with_a_code_the_page_understands():
     communicator, connected = await connect(None)
-    assert not connected
+    assert connected  # accepted only to say why it closes
+    assert (await communicator.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4401}
 
 
 async def test_cross_origin_socket_is_refused(make_user):
@@ -159,11 +160,21 @@ async def test_posted_tweet_reaches_followers_socket_and_author_sees_progress(li
 
 @pytest.mark.e2e
 async def test_anonymous_and_cross_origin_sockets_are_refused_by_daphne(live_app, make_user):
-    with pytest.raises(websockets.exceptions.InvalidStatus):
-        await websockets.connect(live_app.ws_url(), origin=live_app.url, open_timeout=10)
+    async with websockets.connect(live_app.ws_url(), origin=live_app.url, open_timeout=10) as anonymous:
+        with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+            await anonymous.recv()
+    assert closed.value.rcvd.code == 4401
     user = await sync_to_async(make_user)()
     cookie = await sync_to_async(session_cookie)(user)
-    with pytest.raises(websockets.exceptions.InvalidStatus):
-        await websockets.connect(
-            live_app.ws_url(), additional_headers={"Cookie": cookie}, origin="http://evil.example", open_timeout=10
-        )
+    port = live_app.url.rsplit(":", 1)[1]
+    for origin in ("http://evil.example", f"http://127.0.0.1:{int(port) + 1}", f"https://127.0.0.1:{port}", None):
+        with pytest.raises(websockets.exceptions.InvalidStatus):  # another site, port or scheme; or none
+            await websockets.connect(
+                live_app.ws_url(), additional_headers={"Cookie": cookie}, origin=origin, open_timeout=10
+            )
+    for path in ("/ws/nowhere/", "/ws/timeline/extra", "/"):  # no route: refused, not a 500
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            await websockets.connect(
+                live_app.url.replace("http", "ws") + path, additional_headers={"Cookie": cookie}, origin=live_app.url
+            )
+        assert refused.value.response.status_code == 403

@@ -1,6 +1,7 @@
 from django.contrib import admin
 
 from fanout.models import Fanout
+from timeline import services
 from timeline.models import Follow, Tweet
 
 
@@ -32,6 +33,11 @@ class TweetAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     inlines = [FanoutInline]
 
+    def has_add_permission(self, request) -> bool:
+        # A tweet is posted by its author, through the app: it needs a client_id, an outbox
+        # row and admission control, which a bare model form would skip.
+        return False
+
     @admin.display(description="body")
     def short_body(self, tweet: Tweet) -> str:
         return tweet.body if len(tweet.body) <= 60 else tweet.body[:59] + "…"
@@ -47,8 +53,25 @@ class TweetAdmin(admin.ModelAdmin):
 
 @admin.register(Follow)
 class FollowAdmin(admin.ModelAdmin):
+    """Follows made and removed here go through the services, which refresh the home timeline."""
+
     list_display = ["id", "follower", "followee", "created_at"]
+    fields = ["follower", "followee"]
     search_fields = ["follower__username", "followee__username"]
     list_select_related = ["follower", "followee"]
     raw_id_fields = ["follower", "followee"]
     date_hierarchy = "created_at"
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["follower", "followee", "created_at"] if obj is not None else []
+
+    def save_model(self, request, obj: Follow, form, change: bool) -> None:
+        if not change:
+            obj.pk = services.follow_create(follower=obj.follower, followee=obj.followee).pk
+
+    def delete_model(self, request, obj: Follow) -> None:
+        services.follow_delete(follower=obj.follower, followee=obj.followee)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for follow in queryset.select_related("follower", "followee"):
+            self.delete_model(request, follow)

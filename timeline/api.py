@@ -6,29 +6,29 @@ Errors all look alike: ``{"error": {"code", "message", "fields"}}``. An anonymou
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
-from functools import wraps
+from functools import cache, wraps
 from typing import Any
 
-from django.contrib.auth import authenticate, get_user_model, login, logout
+from django.conf import settings
+from django.contrib.auth import get_user_model, login
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from django.views.csrf import csrf_failure as html_csrf_failure
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from fanout import metrics
 from fanout.admission import Overloaded, RateLimited
-from timeline import selectors, services
-from timeline.forms import SignupForm, TweetForm
+from timeline import selectors, services, throttles, validation
+from timeline.forms import LoginForm, SignupForm, TweetForm
 from timeline.payloads import fanout_payload, tweet_payload, user_payload
 
 User = get_user_model()
 logger = logging.getLogger(__name__)
-MAX_ID = 2**63 - 1  # ids are 64-bit database keys; a larger number is a bad request, not a page
 
 
 class ApiError(Exception):
@@ -81,6 +81,10 @@ def api_view(*methods: str, login_required: bool = True, staff_required: bool = 
                 )
                 response["Retry-After"] = str(exc.retry_after)
                 return response
+            except throttles.Throttled as exc:
+                response = error_response(429, "throttled", f"Too many {exc.what}; try again in {exc.retry_after} s.")
+                response["Retry-After"] = str(exc.retry_after)
+                return response
 
         return wrapper
 
@@ -96,9 +100,9 @@ def json_body(request: HttpRequest, *fields: str) -> dict[str, str]:
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "Send JSON with Content-Type: application/json.")
     try:
-        data = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "bad_json", "The body is not valid JSON.") from None
+        data = validation.parse_json(request.body)
+    except validation.BadInput as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
     if not isinstance(data, dict):
         raise ApiError(400, "bad_json", "The body must be a JSON object.")
     wrong = {name: "Must be a string." for name in fields if name in data and not isinstance(data[name], str)}
@@ -107,18 +111,17 @@ def json_body(request: HttpRequest, *fields: str) -> dict[str, str]:
     return {name: data[name] for name in fields if name in data}
 
 
-def query_int(request: HttpRequest, name: str, *, default: int | None = None, low: int = 1, high: int | None = None):
+def query_int(
+    request: HttpRequest, name: str, *, default: int | None = None, low: int = 1, high: int = validation.MAX_ID
+) -> int | None:
     raw = request.GET.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
-        value = int(raw)
+        return validation.parse_int(raw, low=low, high=high)
     except ValueError:
-        raise ApiError(400, "invalid", f"{name} must be a whole number.", {name: "Must be a whole number."}) from None
-    if value < low or (high is not None and value > high):
-        bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
-        raise ApiError(400, "invalid", f"{name} must be {bounds}.", {name: f"Must be {bounds}."})
-    return value
+        bounds = f"a whole number from {low} to {high}"
+        raise ApiError(400, "invalid", f"{name} must be {bounds}.", {name: f"Must be {bounds}."}) from None
 
 
 def _user_or_404(username: str):
@@ -144,6 +147,7 @@ def csrf(request: HttpRequest) -> HttpResponse:
 @api_view("POST", login_required=False)
 def signup(request: HttpRequest) -> HttpResponse:
     form = SignupForm(json_body(request, "username", "password"))
+    throttles.signup(address=throttles.client_address(request))
     if not form.is_valid():
         raise invalid(form.errors)
     try:
@@ -156,19 +160,18 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 @api_view("POST", login_required=False)
 def login_view(request: HttpRequest) -> HttpResponse:
-    form = SignupForm(json_body(request, "username", "password"))
+    form = LoginForm(json_body(request, "username", "password"))
     if not form.is_valid():
         raise invalid(form.errors)
-    user = authenticate(request, **form.cleaned_data)
+    user = services.user_login(request, **form.cleaned_data)
     if user is None:
         raise ApiError(400, "bad_credentials", "That username and password do not match.")
-    login(request, user)
     return JsonResponse({"user": user_payload(user)})
 
 
 @api_view("POST", login_required=False)
 def logout_view(request: HttpRequest) -> HttpResponse:
-    logout(request)
+    services.user_logout(request)
     return JsonResponse({"ok": True})
 
 
@@ -200,8 +203,8 @@ def home_timeline(request: HttpRequest) -> HttpResponse:
     page = selectors.home_timeline(
         user=request.user,
         limit=query_int(request, "limit", default=selectors.DEFAULT_PAGE_SIZE, high=selectors.MAX_PAGE_SIZE),
-        before=query_int(request, "before", high=MAX_ID),
-        after=query_int(request, "after", low=0, high=MAX_ID),
+        before=query_int(request, "before"),
+        after=query_int(request, "after", low=0),
     )
     return JsonResponse(_page_payload(page))
 
@@ -228,13 +231,14 @@ def user_tweets(request: HttpRequest, username: str) -> HttpResponse:
     page = selectors.user_tweets(
         author=_user_or_404(username),
         limit=query_int(request, "limit", default=selectors.DEFAULT_PAGE_SIZE, high=selectors.MAX_PAGE_SIZE),
-        before=query_int(request, "before", high=MAX_ID),
+        before=query_int(request, "before"),
     )
     return JsonResponse(_page_payload(page))
 
 
 @api_view("POST", "DELETE")
 def follow(request: HttpRequest, username: str) -> HttpResponse:
+    throttles.follow_toggle(user_id=request.user.pk)
     followee = _user_or_404(username)
     if followee.pk == request.user.pk:
         raise ApiError(400, "self_follow", "You cannot follow yourself.")
@@ -249,6 +253,23 @@ def follow(request: HttpRequest, username: str) -> HttpResponse:
 @api_view("GET", staff_required=True)
 def stats(request: HttpRequest) -> HttpResponse:
     return JsonResponse(metrics.snapshot())
+
+
+@api_view("GET", login_required=False)
+def schema(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(_openapi_text(), content_type="application/yaml; charset=utf-8")
+
+
+@cache
+def _openapi_text() -> str:
+    return (settings.BASE_DIR / "docs" / "openapi.yaml").read_text()
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Django's 404 handler: JSON under /api/, the 404 page elsewhere."""
+    if request.path.startswith("/api/"):
+        return error_response(404, "not_found", "There is nothing at this address.")
+    return defaults.page_not_found(request, exception)
 
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:

@@ -11,11 +11,10 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from timeline.limits import InFlightLimit  # noqa: E402
-from timeline.routing import RefuseDuringOutage, websocket_urlpatterns  # noqa: E402
+from timeline.routing import RefuseDuringOutage, SameOriginOnly, websocket_urlpatterns  # noqa: E402
 
 # A web process holding a thousand sockets has a large long-lived heap, and a fan-out briefly
 # holds one message per socket. With the default thresholds (700, 10, 10) those messages are
@@ -27,8 +26,6 @@ gc.set_threshold(10_000, 50, 100)
 application = ProtocolTypeRouter(
     {
         "http": InFlightLimit(django_asgi_app, limit=settings.WEB_MAX_IN_FLIGHT),
-        "websocket": AllowedHostsOriginValidator(
-            RefuseDuringOutage(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
-        ),
+        "websocket": SameOriginOnly(RefuseDuringOutage(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
     }
 )

@@ -1,51 +1,85 @@
-"""The live timeline socket: one per open page, joined to its own user's group only."""
+"""The live timeline socket: one per open page, joined to its own user's group only.
+
+A socket lives as long as the login session it was opened with: it is also in the session's
+group, and logging out sends that group ``session.ended`` (timeline.services.user_logout), which
+closes it; a timer closes it when the session expires. One user holds at most
+``SOCKETS_PER_USER`` sockets; a newer one closes the oldest (fanout.presence).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.contrib.sessions.models import Session
+from django.utils import timezone
 from redis.exceptions import RedisError
 
 from fanout import presence
-from fanout.push import user_group
+from fanout.push import session_group, user_group
+from timeline import validation
 
 logger = logging.getLogger(__name__)
 
 # Clients send nothing but small pings; anything larger is a mistake or an attack.
 MAX_CLIENT_FRAME = 1024
-CLOSE_UNAUTHENTICATED = 4401
+# Close codes the page acts on (static/js/live.js): 4401 and 4409 stop it reconnecting.
 CLOSE_BAD_FRAME = 4400
+CLOSE_UNAUTHENTICATED = 4401  # never logged in, logged out, or the session expired
+CLOSE_REPLACED = 4409  # the account opened more than SOCKETS_PER_USER sockets: this was the oldest
 # RFC 6455's 1013 "Try Again Later" is not a code an ASGI app may send: 4000 + HTTP's 503.
 CLOSE_TRY_AGAIN_LATER = 4503
 FORWARDED_EVENTS = frozenset({"tweet.new", "fanout.progress", "fanout.done"})
 
 
+@database_sync_to_async
+def _session_expiry(session_key: str):
+    live = Session.objects.filter(session_key=session_key, expire_date__gt=timezone.now())
+    return live.values_list("expire_date", flat=True).first()
+
+
 class TimelineConsumer(AsyncJsonWebsocketConsumer):
+    groups_joined: tuple[str, ...] = ()
+
     async def connect(self) -> None:
         user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
+        session_key = getattr(self.scope.get("session"), "session_key", None)
+        expires = await _session_expiry(session_key) if session_key else None
+        if user is None or not user.is_authenticated or expires is None:
+            # Accepted only to be closed with a code the page understands (stop reconnecting);
+            # a refused handshake would reach it as a bare 1006, and it would keep trying.
+            await self.accept()
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.user_id = user.pk
-        self.group = user_group(user.pk)
         # With Redis away these raise, and timeline.routing closes the socket with 4503.
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        self.groups_joined = (user_group(user.pk), session_group(session_key))
+        for group in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
         await presence.mark_online(self.user_id)
+        evicted = await presence.add_socket(self.user_id, self.channel_name, cap=settings.SOCKETS_PER_USER)
         await self.accept()
-        self.heartbeat = asyncio.create_task(self._stay_online())
+        for channel in evicted:
+            await self.channel_layer.send(channel, {"type": "socket.replaced"})
+        self.tasks = [
+            asyncio.create_task(self._stay_online()),
+            asyncio.create_task(self._close_at((expires - timezone.now()).total_seconds())),
+        ]
 
     async def disconnect(self, code: int) -> None:
-        if hasattr(self, "heartbeat"):
-            self.heartbeat.cancel()
+        for task in getattr(self, "tasks", []):
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self.heartbeat
-        if hasattr(self, "group"):
-            with contextlib.suppress(RedisError, OSError):  # Redis away: its subscription went with it
-                await self.channel_layer.group_discard(self.group, self.channel_name)
+                await task
+        with contextlib.suppress(RedisError, OSError):  # Redis away: its subscriptions went with it
+            for group in self.groups_joined:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            if hasattr(self, "user_id"):
+                await presence.remove_socket(self.user_id, self.channel_name)
 
     async def _stay_online(self) -> None:
         while True:
@@ -55,13 +89,16 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
             except Exception:  # Redis away for a moment: try again next round
                 logger.warning("could not renew presence of user %s", self.user_id, exc_info=True)
 
+    async def _close_at(self, seconds: float) -> None:
+        await asyncio.sleep(max(seconds, 0))
+        await self.close(code=CLOSE_UNAUTHENTICATED)
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs) -> None:
-        if bytes_data is not None or text_data is None or len(text_data) > MAX_CLIENT_FRAME:
-            await self.close(code=CLOSE_BAD_FRAME)
-            return
         try:
-            message = json.loads(text_data)
-        except ValueError:
+            if text_data is None:
+                raise validation.BadInput("binary frame")
+            message = validation.parse_json(text_data, max_bytes=MAX_CLIENT_FRAME)
+        except validation.BadInput:
             await self.close(code=CLOSE_BAD_FRAME)
             return
         if not isinstance(message, dict) or message.get("type") != "ping":
@@ -88,3 +125,10 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
 
     async def fanout_done(self, event: dict) -> None:
         await self.send_json(event)
+
+    # Control events, for this socket only.
+    async def session_ended(self, event: dict) -> None:
+        await self.close(code=CLOSE_UNAUTHENTICATED)
+
+    async def socket_replaced(self, event: dict) -> None:
+        await self.close(code=CLOSE_REPLACED)

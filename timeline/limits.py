@@ -8,6 +8,12 @@ the same cores starve, and even a 503 from the queue cap takes seconds to say. P
 loop, before any thread or query, so shedding stays cheap exactly when it is needed.
 
 Health checks, staff stats and static files are never shed: they are how overload is seen.
+
+Logging in and signing up without a session are the cheapest requests to send and among the
+costliest to answer (a password hash each), so they get a budget of their own, a small share of
+the door: a flood of them is shed among themselves and cannot take the places of people who
+are logged in. (Failed logins are throttled per account and per address as well; see
+timeline.throttles.)
 """
 
 from __future__ import annotations
@@ -20,7 +26,11 @@ from fanout import metrics
 
 logger = logging.getLogger(__name__)
 
-EXEMPT_PREFIXES = ("/healthz", "/api/stats", "/static/")
+EXEMPT_PATHS = frozenset({"/healthz", "/api/stats"})
+EXEMPT_PREFIXES = ("/static/",)
+ANONYMOUS_AUTH_PATHS = frozenset({"/api/auth/login", "/api/auth/signup", "/login/", "/signup/"})
+# The anonymous auth budget, as a share of the door's limit (at least one request).
+ANONYMOUS_AUTH_SHARE = 1 / 16
 RETRY_AFTER_SECONDS = 1
 _BODY = json.dumps(
     {
@@ -37,12 +47,24 @@ class InFlightLimit:
     def __init__(self, app, limit: int) -> None:
         self.app = app
         self.limit = limit
+        self.auth_limit = max(1, int(limit * ANONYMOUS_AUTH_SHARE))
         self.in_flight = 0  # one event loop per process: no lock needed
+        self.auth_in_flight = 0
         self._background: set[asyncio.Task] = set()
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or self.limit <= 0 or scope["path"].startswith(EXEMPT_PREFIXES):
+        if scope["type"] != "http" or self.limit <= 0 or _exempt(scope["path"]):
             await self.app(scope, receive, send)
+            return
+        if scope["method"] == "POST" and scope["path"] in ANONYMOUS_AUTH_PATHS:
+            if self.auth_in_flight >= self.auth_limit:
+                await self._shed(send)
+                return
+            self.auth_in_flight += 1
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.auth_in_flight -= 1
             return
         if self.in_flight >= self.limit:
             await self._shed(send)
@@ -76,3 +98,7 @@ class InFlightLimit:
             await metrics.record_shed_async()
         except Exception:
             logger.debug("could not count a request shed at the door", exc_info=True)
+
+
+def _exempt(path: str) -> bool:
+    return path in EXEMPT_PATHS or path.startswith(EXEMPT_PREFIXES)

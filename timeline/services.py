@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import logging
+import re
 import unicodedata
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
 
-from django.contrib.auth import get_user_model
+from django.contrib.auth import authenticate, get_user_model, login, logout
 from django.contrib.auth.models import AbstractBaseUser
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.http import HttpRequest
 
-from fanout import admission, timelines
+from fanout import admission, push, timelines
 from fanout.models import Fanout
+from timeline import throttles
 from timeline.models import TWEET_MAX_LENGTH, Follow, Tweet
+from timeline.validation import is_blank
 
 User = get_user_model()
 logger = logging.getLogger(__name__)
@@ -30,7 +34,7 @@ def normalize_body(body: str) -> str:
 
 def validate_tweet_body(body: str) -> str:
     body = normalize_body(body)
-    if not body:
+    if is_blank(body):  # empty, or only spaces and invisible characters
         raise ValidationError({"body": ValidationError("Write something first.", code="blank")})
     if len(body) > TWEET_MAX_LENGTH:
         message = f"A tweet is at most {TWEET_MAX_LENGTH} characters; this one has {len(body)}."
@@ -44,7 +48,22 @@ class PostResult:
     created: bool
 
 
+# Mastodon's rule: ASCII letters, digits and underscores, so a name cannot be made to look like
+# another with a look-alike letter (Cyrillic "а" for "a") or be only dots.
+USERNAME_PATTERN = re.compile(r"[A-Za-z0-9_]{1,30}")
+
+
+def validate_username(username: str) -> None:
+    if not USERNAME_PATTERN.fullmatch(username):
+        message = "Use 1 to 30 letters (a to z), digits and underscores."
+        raise ValidationError({"username": ValidationError(message, code="invalid")})
+    # Unique whatever the case (a unique index on lower(username) closes the race).
+    if User.objects.filter(username__iexact=username).exists():
+        raise ValidationError({"username": ValidationError("That name is taken.", code="unique")})
+
+
 def user_signup(*, username: str, password: str) -> AbstractBaseUser:
+    validate_username(username)
     user = User(username=username)
     user.full_clean(exclude=["password"])
     try:
@@ -54,6 +73,26 @@ def user_signup(*, username: str, password: str) -> AbstractBaseUser:
     user.set_password(password)
     user.save()
     return user
+
+
+def user_login(request: HttpRequest, *, username: str, password: str) -> AbstractBaseUser | None:
+    """Log in, unless this account or this client failed too often (Throttled, before any hash)."""
+    address = throttles.client_address(request)
+    throttles.check_login(username=username, address=address)
+    user = authenticate(request, username=username, password=password)
+    if user is None:
+        throttles.login_failed(username=username, address=address)
+        return None
+    login(request, user)
+    return user
+
+
+def user_logout(request: HttpRequest) -> None:
+    """Log the request's session out, and close the websockets opened with that session."""
+    session_key = request.session.session_key
+    logout(request)
+    if session_key:
+        push.send_to_groups([(push.session_group(session_key), push.session_ended())])
 
 
 def tweet_create(

@@ -25,6 +25,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "django_rq",
+    "csp",
     "timeline",
     "fanout",
 ]
@@ -38,6 +39,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     "timeline.middleware.ServiceUnavailableMiddleware",
 ]
 
@@ -94,6 +96,17 @@ WORKERS = config.env_int("WORKERS", 2, minimum=0, maximum=256)
 # HTTP requests one web process works on at once; past it, 503 at the door (0 turns it off).
 WEB_MAX_IN_FLIGHT = config.env_int("WEB_MAX_IN_FLIGHT", 32)
 
+# Throttles (timeline/throttles.py): (count, window in seconds) per key; 0 turns one off.
+THROTTLES = {
+    "login_failures_per_account": (10, 60),
+    "login_failures_per_address": (30, 300),
+    "signups_per_address": (10, 3600),
+    "follow_toggles_per_user": (60, 60),
+}
+
+# Websockets one account may hold at once (across every web process); a newer one closes the oldest.
+SOCKETS_PER_USER = config.env_int("SOCKETS_PER_USER", 20, minimum=1, maximum=100_000)
+
 # A per-author rate limit, which is not overload: over it, POST /api/tweets answers 429.
 TWEET_RATE_LIMIT = config.env_int("TWEET_RATE_LIMIT", 60)  # tweets per window; 0 turns it off
 TWEET_RATE_WINDOW = config.env_int("TWEET_RATE_WINDOW", 60, minimum=1, maximum=86400)  # seconds
@@ -132,6 +145,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+    {"NAME": "timeline.validation.NotOnlyWhitespacePasswordValidator"},
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
@@ -143,6 +157,35 @@ CSRF_COOKIE_SAMESITE = "Lax"
 CSRF_FAILURE_VIEW = "timeline.api.csrf_failure"
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+
+# Behind TLS (a proxy that terminates it and sets X-Forwarded-Proto): Secure cookies, HSTS,
+# and requests over plain HTTP redirected. Off by default so that `make run` works on http://.
+DJANGO_SECURE = config.env_bool("DJANGO_SECURE", False)
+if DJANGO_SECURE:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # the balancer's health check may come over HTTP
+    SECURE_HSTS_SECONDS = 365 * 24 * 3600
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+
+# No inline script or style anywhere (the pages load ES modules and one stylesheet), so an
+# injected <script> would not run even if escaping ever failed. django-rq's dashboard is the
+# one exception (timeline/urls.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from fanout.admission import Overloaded, RateLimited
 from fanout.connection import get_redis
-from timeline import selectors, services
+from timeline import selectors, services, throttles, validation
 from timeline.forms import SignupForm, TweetForm
 from timeline.middleware import outage_part, unavailable_response
 from timeline.models import TWEET_MAX_LENGTH
@@ -43,10 +43,11 @@ def _home_context(request: HttpRequest, form: TweetForm | None = None, *, before
 def home(request: HttpRequest) -> HttpResponse:
     """The home timeline; ``?before=<tweet id>`` is the page older than that tweet (the "Older" link)."""
     raw = request.GET.get("before", "")
-    # Ids are 64-bit database keys: anything else is a hand-edited URL, not an older page.
-    if raw and not (raw.isascii() and raw.isdigit() and 0 < int(raw) < 2**63):
+    try:
+        before = validation.parse_int(raw, low=1) if raw else None
+    except ValueError:  # a hand-edited URL, not an older page
         return HttpResponseBadRequest("before must be a tweet id: a positive whole number.", content_type="text/plain")
-    return render(request, "timeline/home.html", _home_context(request, before=int(raw) if raw else None))
+    return render(request, "timeline/home.html", _home_context(request, before=before))
 
 
 @login_required
@@ -89,6 +90,11 @@ def profile(request: HttpRequest, username: str) -> HttpResponse:
 @require_POST
 def follow(request: HttpRequest, username: str) -> HttpResponse:
     try:
+        throttles.follow_toggle(user_id=request.user.pk)
+    except throttles.Throttled as exc:
+        messages.error(request, f"You are following and unfollowing very fast; try again in {exc.retry_after} s.")
+        return redirect("profile", username=username)
+    try:
         followee = User.objects.get(username=username)
     except User.DoesNotExist:
         raise Http404(f"There is no user called {username}.") from None
@@ -102,9 +108,20 @@ def follow(request: HttpRequest, username: str) -> HttpResponse:
     return redirect("profile", username=followee.username)
 
 
+@require_POST
+def logout_view(request: HttpRequest) -> HttpResponse:
+    services.user_logout(request)
+    return redirect(settings.LOGOUT_REDIRECT_URL)
+
+
 def signup(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         form = SignupForm(request.POST)
+        try:
+            throttles.signup(address=throttles.client_address(request))
+        except throttles.Throttled as exc:
+            form.add_error(None, f"Too many sign-ups from here; try again in {exc.retry_after} s.")
+            return render(request, "registration/signup.html", {"form": form}, status=429)
         if form.is_valid():
             try:
                 user = services.user_signup(**form.cleaned_data)

@@ -12,7 +12,16 @@ const RECONNECT = { base: 1000, cap: 30_000 };
 const NEAR_TOP_PX = 120;
 const GAP_PAGE_SIZE = 100;
 const GAP_MAX_PAGES = 10;
-const LABELS = { connected: "Live", connecting: "Connecting…", offline: "Offline" };
+const LABELS = {
+  connected: "Live",
+  connecting: "Connecting…",
+  offline: "Offline",
+  ended: "Signed out",
+  replaced: "Paused: open in another page",
+};
+// Close codes after which reconnecting cannot help (timeline/consumers.py).
+const CLOSE_UNAUTHENTICATED = 4401; // logged out, or the session expired
+const CLOSE_REPLACED = 4409; // this account opened too many sockets; this page's was the oldest
 
 const timeline = document.getElementById("timeline");
 // On an older page (/?before=) new tweets do not belong in the list: only the bar shows them.
@@ -199,9 +208,15 @@ function connect() {
     if (event.type === "tweet.new") arrive([event.tweet]);
     else if (event.type === "fanout.progress" || event.type === "fanout.done") onFanout(event);
   });
-  ws.addEventListener("close", () => {
+  ws.addEventListener("close", (closed) => {
     clearInterval(pingTimer);
     if (socket === ws) socket = null;
+    if (closed.code === CLOSE_UNAUTHENTICATED || closed.code === CLOSE_REPLACED) {
+      // Stay away: a new socket would be refused again, or would push out another page's.
+      paused = true;
+      showState(closed.code === CLOSE_REPLACED ? "replaced" : "ended");
+      return;
+    }
     showState(paused ? "offline" : "connecting");
     scheduleReconnect();
   });

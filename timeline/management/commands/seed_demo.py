@@ -1,7 +1,7 @@
 """Demo data: a few people who follow each other, a staff user, and one popular account.
 
 Idempotent: users are found or made, tweets carry fixed client_ids (so posting them again
-finds the same tweets), and passwords are reset to the printed demo ones each run. The tweets
+finds the same tweets), and accounts that exist are never changed (their passwords included). The tweets
 skip admission control: seeding is not people posting, and must start even when the queue is
 full (``WORKERS=0 FANOUT_QUEUE_CAP=3 make run``, or old jobs left in Redis by a previous run).
 """
@@ -75,10 +75,13 @@ class Command(BaseCommand):
         self.stdout.write(f"  {POPULAR[0]} has {fans} extra followers (fan0000...), to watch a large fan-out.")
 
     def _user(self, name: str, password: str, staff: bool = False):
-        user, _ = User.objects.get_or_create(username=name)
-        user.set_password(password)
-        user.is_staff = user.is_superuser = staff
-        user.save()
+        # Made once with the demo password; an account that exists is left alone, so a password
+        # someone changed is never put back to the published one.
+        user, created = User.objects.get_or_create(username=name)
+        if created:
+            user.set_password(password)
+            user.is_staff = user.is_superuser = staff
+            user.save()
         return user
 
     def _fans(self, popular, count: int) -> None:
