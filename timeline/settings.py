@@ -213,6 +213,9 @@ LOGGING = {
     "loggers": {
         # Server errors to the console: with DEBUG off Django would only mail them to admins.
         "django.request": {"handlers": ["console"], "level": "ERROR", "filters": ["not_shed"], "propagate": False},
+        # A request with a Host we do not serve gets its 400; logging each (with the header's
+        # text, of any length) would let anyone fill the log.
+        "django.security.DisallowedHost": {"handlers": [], "propagate": False},
         "timeline": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "fanout": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
