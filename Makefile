@@ -8,12 +8,14 @@ WORKERS ?= 2
 WEB_PROCESSES ?= $(shell nproc 2>/dev/null || echo 1)
 # A private Redis is started unless REDIS_URL names one to use.
 START_REDIS := $(if $(REDIS_URL),false,true)
-export PORT WORKERS WEB_PROCESSES START_REDIS
+SEED_DEMO ?= true
+VAR_DIR ?= $(CURDIR)/var
+export PORT WORKERS WEB_PROCESSES START_REDIS SEED_DEMO VAR_DIR
 
 .PHONY: run test setup lint clean
 
 run: $(VENV)/.run-deps
-	@mkdir -p var/log && chmod 700 var
+	@mkdir -p $(VAR_DIR)/log && chmod 700 $(VAR_DIR)
 	@# Settings are read (and every variable checked) before anything starts.
 	@$(BIN)/python manage.py check -v 0
 	$(BIN)/python manage.py migrate --noinput -v 0
@@ -22,7 +24,8 @@ run: $(VENV)/.run-deps
 
 test: $(VENV)/.dev-deps
 	@scripts/ensure-chromium
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@scripts/ensure-postgres
+	scripts/run-tests $(PYTEST_ARGS)
 
 setup: $(VENV)/.dev-deps
 

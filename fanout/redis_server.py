@@ -128,8 +128,8 @@ def wait_until_ready(url: str, *, timeout: float, process: subprocess.Popen | No
 
 def main() -> None:
     """`python -m fanout.redis_server`: become the local private server (`make run` supervises it)."""
-    base = Path(__file__).resolve().parent.parent
-    data_dir = base / "var" / "redis"
+    var_dir = os.environ.get("VAR_DIR") or Path(__file__).resolve().parent.parent / "var"
+    data_dir = Path(var_dir) / "redis"
     args = command(data_dir, port=0, unixsocket=data_dir / "redis.sock")
     os.execv(args[0], args)
 

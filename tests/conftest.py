@@ -123,6 +123,19 @@ def _wait_for_http(url: str, *, timeout: float, processes: dict[str, subprocess.
     raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f}s")
 
 
+def live_database_url(**options: str) -> str:
+    """The test database (SQLite's file or PostgreSQL's test_ database), for processes to share."""
+    db = settings.DATABASES["default"]
+    query = ("?" + "&".join(f"{k}={v}" for k, v in options.items())) if options else ""
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}{query}"
+    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}{query}"
+
+
+def on_postgres() -> bool:
+    return settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+
+
 def start_live_app(
     logs: Path, *, redis_url: str, webs: int = 1, workers: int = 1, cron: bool = False, **env_overrides: str
 ) -> LiveApp:
@@ -132,7 +145,7 @@ def start_live_app(
 
     env = {
         **os.environ,
-        "DATABASE_URL": f"sqlite:///{settings.DATABASES['default']['NAME']}",
+        "DATABASE_URL": live_database_url(),
         "REDIS_URL": redis_url,
         "DJANGO_DEBUG": "0",
         "PYTHONUNBUFFERED": "1",
@@ -168,6 +181,21 @@ def start_live_app(
         app.stop()
         raise
     return app
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_stray_database_sessions(django_db_setup, django_db_blocker):
+    """Before PostgreSQL's test database is dropped: end the sessions that threads of async
+    tests (sync_to_async) left open, which would otherwise make the drop fail."""
+    yield
+    if on_postgres():
+        from django.db import connection
+
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 from django_rq import get_queue
 from redis.exceptions import RedisError
 
-from fanout import delivery, timelines
+from fanout import delivery, timelines, watermark
 from fanout.admission import FANOUT_QUEUE, enqueue_fanout
 from fanout.models import Fanout
 from fanout.relay import relay_fanouts
@@ -175,7 +177,9 @@ def test_a_failing_job_is_marked_failed_and_retried_by_the_relay(make_user, run_
     fanout = Fanout.objects.get(pk=tweet.pk)
     assert fanout.state == "failed"
     assert "connection lost mid-batch" in fanout.last_error
-    assert fanout.next_attempt_at > fanout.finished_at  # due again after a backoff, not at once
+    backoff = fanout.next_attempt_at - fanout.finished_at  # due again after a backoff, not at once
+    assert timedelta(seconds=0.9) < backoff < timedelta(seconds=1.1)  # the first retry's: 1 s
+    Fanout.objects.filter(pk=tweet.pk).update(next_attempt_at=timezone.now() + timedelta(minutes=1))
     assert relay_fanouts() == 0  # not due yet
     assert get_queue(FANOUT_QUEUE).fetch_job(f"fanout-{tweet.pk}").get_status() == "failed"  # RQ shows it
 
@@ -196,3 +200,84 @@ def test_follower_batches_are_keyset_ordered_and_complete(make_user):
     assert [len(b) for b in batches] == [3, 3, 1]
     flat = [i for b in batches for i in b]
     assert flat == sorted(f.pk for f in followers)
+
+
+def test_a_reconnecting_page_misses_no_older_tweet_that_arrived_late(make_user, client_for, redis):
+    """Fan-outs finish out of id order; after=min(newest shown, watermark) still finds them all."""
+    reader, busy_author, quick_author = make_user(), make_user(), make_user()
+    follow_create(follower=reader, followee=busy_author)
+    follow_create(follower=reader, followee=quick_author)
+    materialize(reader)
+    older = post(busy_author, "older, its fan-out still running")
+    newer = post(quick_author, "newer, delivered at once")
+    delivery.deliver_tweet(tweet_id=newer.pk)
+    client = client_for(reader)
+
+    watermark.publish()  # as the cron does every second
+    shown = client.get("/api/timeline/home").json()  # the page, just before its socket drops
+    assert [t["id"] for t in shown["tweets"]] == [newer.pk]
+    assert shown["watermark"] == older.pk - 1  # the older tweet is not delivered yet
+
+    delivery.deliver_tweet(tweet_id=older.pk)  # arrives while the page is away
+    naive = client.get(f"/api/timeline/home?after={newer.pk}").json()
+    assert naive["tweets"] == []  # "after the newest shown" would miss it for good
+    after = min(newer.pk, shown["watermark"])
+    watermark.publish()  # as the cron does every second
+    refill = client.get(f"/api/timeline/home?after={after}").json()
+    assert older.pk in [t["id"] for t in refill["tweets"]]
+    assert refill["watermark"] >= newer.pk  # both delivered now: the next gap fill starts later
+
+
+def test_tweet_ids_commit_in_id_order(make_user):
+    """A transaction that took a smaller id cannot commit after one that took a larger."""
+    import threading
+    import time as clock
+
+    from django.db import connection, connections, transaction
+
+    from tests.conftest import on_postgres
+    from timeline.services import _commit_tweet_ids_in_order
+
+    if not on_postgres():
+        pytest.skip("SQLite runs one write transaction at a time: ids commit in order by construction")
+    first_author, second_author = make_user(), make_user()
+    first_inserted, second_done = threading.Event(), threading.Event()
+    ids: dict[str, int] = {}
+
+    def slow_first_post() -> None:
+        with transaction.atomic():
+            _commit_tweet_ids_in_order()
+            ids["first"] = Tweet.objects.create(author=first_author, body="slow", client_id=uuid.uuid4()).pk
+            first_inserted.set()
+            # Hold the transaction open until the second post waits on the lock (or, without
+            # the lock, has committed its larger id first: the race this test is about).
+            deadline = clock.monotonic() + 10
+            while not (_someone_waits_on_an_advisory_lock() or second_done.is_set()):
+                if clock.monotonic() > deadline:
+                    break
+                clock.sleep(0.01)
+            ids["second committed first"] = second_done.is_set()
+        connections.close_all()
+
+    def second_post() -> None:
+        first_inserted.wait(10)
+        ids["second"] = post(second_author, "quick").pk
+        second_done.set()
+        connections.close_all()
+
+    threads = [threading.Thread(target=slow_first_post), threading.Thread(target=second_post)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert ids["first"] < ids["second"] and second_done.is_set()
+    assert ids["second committed first"] is False
+    assert connection.vendor == "postgresql"
+
+
+def _someone_waits_on_an_advisory_lock() -> bool:
+    from django.db import connections
+
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        return cursor.fetchone()[0] > 0

@@ -8,6 +8,7 @@ counts true, nothing made twice.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
 import threading
@@ -31,7 +32,7 @@ from fanout.admission import FANOUT_QUEUE, job_id
 from fanout.models import Fanout
 from fanout.redis_server import RedisServer
 from fanout.worker import SERIALIZER
-from tests.conftest import LiveApp, get_json, post_json, session_cookie, start_live_app
+from tests.conftest import LiveApp, get_json, live_database_url, on_postgres, post_json, session_cookie, start_live_app
 from timeline.consumers import CLOSE_TRY_AGAIN_LATER
 from timeline.models import Follow, Tweet
 
@@ -258,17 +259,37 @@ def test_redis_stopped_while_a_job_runs_and_people_post(app_factory, private_red
     assert not Tweet.objects.filter(body="while Redis is down").exists()
 
 
+@contextlib.contextmanager
+def database_locked() -> Iterator[None]:
+    """Hold the fan-out table's write lock from another connection until the block ends."""
+    if on_postgres():
+        import psycopg
+
+        with psycopg.connect(live_database_url().replace("postgres://", "postgresql://")) as lock:
+            lock.execute("BEGIN")
+            lock.execute("LOCK TABLE fanout_fanout IN ACCESS EXCLUSIVE MODE")
+            yield
+            lock.execute("COMMIT")
+    else:
+        lock = sqlite3.connect(settings.DATABASES["default"]["NAME"], timeout=10, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # nobody else can write until this commits
+        try:
+            yield
+        finally:
+            lock.execute("COMMIT")
+            lock.close()
+
+
 def test_a_database_locked_past_the_busy_timeout_delays_a_fanout_but_loses_nothing(app_factory, private_redis):
     redis = Redis.from_url(private_redis.url)
-    database = settings.DATABASES["default"]["NAME"]
-    # Processes wait 1 s for SQLite's write lock (not 20), so the lock below outlasts it many times.
-    app = app_factory(workers=0, DATABASE_URL=f"sqlite:///{database}?timeout=1")
+    # Processes give up on a lock after 1 s (SQLite's busy timeout, PostgreSQL's lock_timeout),
+    # so the lock below outlasts it many times.
+    wait_1s = {"options": "-c%20lock_timeout%3D1000"} if on_postgres() else {"timeout": "1"}
+    app = app_factory(workers=0, DATABASE_URL=live_database_url(**wait_1s))
     author, followers = author_with_followers(20, redis)
     tweet_id = accepted(app, author, "posted just before the lock")
 
-    lock = sqlite3.connect(database, timeout=10, isolation_level=None)
-    lock.execute("BEGIN EXCLUSIVE")  # nobody else can write until this commits
-    try:
+    with database_locked():
         app.start_worker("worker0")
         # The worker cannot claim the row; its job fails, and it must not end the worker.
         wait_for(
@@ -277,10 +298,6 @@ def test_a_database_locked_past_the_busy_timeout_delays_a_fanout_but_loses_nothi
             what="the first attempt to fail on the locked database",
         )
         assert app.processes["worker0"].poll() is None
-        assert fanout(tweet_id).state == "queued"  # nothing could be written
-    finally:
-        lock.execute("COMMIT")
-        lock.close()
 
     wait_for(lambda: is_done(tweet_id), timeout=30, what="the fan-out to be retried once the lock is gone")
     assert_delivered_once(tweet_id, followers, redis)

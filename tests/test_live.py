@@ -13,7 +13,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
-from fanout import presence, push
+from fanout import presence, push, watermark
 from tests.conftest import post_json, session_cookie
 from timeline.asgi import application
 from timeline.services import follow_create
@@ -63,8 +63,9 @@ async def test_client_cannot_join_another_group_and_bad_frames_close_the_socket(
     alice, bob = await sync_to_async(make_user)(), await sync_to_async(make_user)()
     socket, connected = await connect(alice)
     assert connected
+    published = await sync_to_async(watermark.publish)()
     await socket.send_json_to({"type": "ping"})
-    assert await socket.receive_json_from(timeout=5) == {"type": "pong"}
+    assert await socket.receive_json_from(timeout=5) == {"type": "pong", "watermark": published}
 
     await socket.send_json_to({"type": "subscribe", "group": push.user_group(bob.pk)})
     closed = await socket.receive_output(timeout=5)

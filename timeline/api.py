@@ -206,7 +206,7 @@ def home_timeline(request: HttpRequest) -> HttpResponse:
         before=query_int(request, "before"),
         after=query_int(request, "after", low=0),
     )
-    return JsonResponse(_page_payload(page))
+    return JsonResponse({**_page_payload(page), "watermark": page.watermark})
 
 
 # -- users and follows --------------------------------------------------------------------------

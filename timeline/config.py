@@ -44,6 +44,16 @@ def env_bool(name: str, default: bool) -> bool:
     raise ConfigError(name, f"must be true or false (1/0, yes/no, on/off), got {raw!r}")
 
 
+def env_path(name: str, default: Path) -> Path:
+    raw = os.environ.get(name, "").strip()
+    if raw == "":
+        return default
+    path = Path(raw)
+    if not path.is_absolute():
+        raise ConfigError(name, f"must be an absolute path, got {raw!r}")
+    return path
+
+
 def env_redis_url(name: str, default: str) -> str:
     raw = os.environ.get(name, "").strip() or default
     parts = urlsplit(raw)

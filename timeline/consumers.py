@@ -19,7 +19,7 @@ from django.contrib.sessions.models import Session
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from fanout import presence
+from fanout import presence, watermark
 from fanout.push import session_group, user_group
 from timeline import validation
 
@@ -104,7 +104,13 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
         if not isinstance(message, dict) or message.get("type") != "ping":
             await self.close(code=CLOSE_BAD_FRAME)
             return
-        await self.send_json({"type": "pong"})
+        # With the watermark as it is now: every tweet at or below it has been pushed to this
+        # connected page, so after a reconnection it asks for what came after (fanout.watermark).
+        try:
+            low_watermark = await watermark.current_async()
+        except (RedisError, OSError):
+            low_watermark = None
+        await self.send_json({"type": "pong", "watermark": low_watermark})
 
     async def dispatch(self, message: dict) -> None:
         # Channels closes stale database connections, in a worker thread, before each handler:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -12,7 +12,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Q
 from redis.exceptions import RedisError
 
-from fanout import timelines
+from fanout import timelines, watermark
 from timeline.models import Follow, Tweet
 
 User = get_user_model()
@@ -26,6 +26,9 @@ MAX_PAGE_SIZE = 100
 class Page:
     tweets: list[Tweet]
     next_before: int | None
+    # Home timelines only: every tweet with an id at or below it had reached this timeline when
+    # the page was read (fanout.watermark), so a page that reconnects asks after=min(newest, it).
+    watermark: int | None = None
 
 
 def _home_ids_from_db(user_id: int, *, limit: int, before: int | None = None, after: int | None = None) -> list[int]:
@@ -58,6 +61,8 @@ def home_timeline(
     not. An id whose tweet is gone (deleted while its fan-out ran, or before a delete reached
     this timeline) is dropped from Redis, and the page reads on past it rather than ending early.
     """
+    # Read before the timeline, never after: a later W could cover a tweet this page lacks.
+    low_watermark = _watermark()
     tweets: list[Tweet] = []
     upper = before
     while True:
@@ -70,8 +75,15 @@ def home_timeline(
             with suppress(RedisError):
                 timelines.remove(user.pk, gone)
         if len(ids) < want or len(tweets) > limit:
-            return _page(tweets, limit)
+            return replace(_page(tweets, limit), watermark=low_watermark)
         upper = ids[-1]
+
+
+def _watermark() -> int:
+    try:
+        return watermark.current()
+    except RedisError:
+        return watermark.compute()
 
 
 def _home_ids(user_id: int, *, limit: int, before: int | None, after: int | None) -> list[int]:

@@ -5,7 +5,8 @@ from pathlib import Path
 from timeline import config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = BASE_DIR / "var"
+# Where the local state lives: the SQLite database, the private Redis's files, the secret key.
+VAR_DIR = config.env_path("VAR_DIR", BASE_DIR / "var")
 
 DEBUG = config.env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = config.secret_key(VAR_DIR)

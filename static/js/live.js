@@ -163,20 +163,35 @@ timeline.addEventListener("tweet:posted", (event) => applyEarlyFanout(event.deta
 
 // -- filling the gap after a (re)connection ---------------------------------------------------
 
+// Tweets do not reach a timeline in id order (two fan-outs run at once), so "after the newest
+// shown" could skip an older tweet that arrived while the socket was down. The server's low
+// watermark (fanout/watermark.py) is the id at or below which everything had arrived when it
+// last spoke to this page: asking after the lower of the two misses nothing, and the few tweets
+// fetched twice are dropped by arrive().
+let watermark = Number.parseInt(timeline?.dataset.watermark ?? "", 10);
+
+function noteWatermark(value) {
+  if (Number.isInteger(value)) watermark = value;
+}
+
 async function fillGap() {
   if (viewingOlder) return;
-  const after = newestShownId();
+  const newest = newestShownId();
+  const after = Number.isInteger(watermark) ? Math.min(newest, watermark) : newest;
   const found = [];
   let before = null;
+  let heard = null;
   for (let page = 0; page < GAP_MAX_PAGES; page += 1) {
     const query = new URLSearchParams({ after: String(after), limit: String(GAP_PAGE_SIZE) });
     if (before != null) query.set("before", String(before));
     const answer = await api(`/api/timeline/home?${query}`);
+    heard ??= answer.watermark; // the first page's, read before any of the pages
     found.push(...answer.tweets);
     if (answer.next_before == null) break;
     before = answer.next_before;
   }
   arrive(found);
+  noteWatermark(heard);
 }
 
 // -- the socket -------------------------------------------------------------------------------
@@ -207,6 +222,7 @@ function connect() {
     }
     if (event.type === "tweet.new") arrive([event.tweet]);
     else if (event.type === "fanout.progress" || event.type === "fanout.done") onFanout(event);
+    else if (event.type === "pong") noteWatermark(event.watermark);
   });
   ws.addEventListener("close", (closed) => {
     clearInterval(pingTimer);

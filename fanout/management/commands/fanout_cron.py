@@ -1,5 +1,5 @@
-"""Periodic chores, in one small process: sample the queue depth and run the outbox relay
-every second, and prune expired presence marks now and then."""
+"""Periodic chores, in one small process: sample the queue depth, publish the low watermark
+and run the outbox relay every second, and prune expired presence marks now and then."""
 
 import logging
 import time
@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand
 from django.db import OperationalError
 from redis.exceptions import RedisError
 
-from fanout import metrics, presence
+from fanout import metrics, presence, watermark
 from fanout.relay import RELAY_EVERY, relay_fanouts
 
 logger = logging.getLogger("fanout.cron")
@@ -26,7 +26,7 @@ class Command(BaseCommand):
         tick = 0
         while True:
             started = time.monotonic()
-            chores = [metrics.sample_depth]
+            chores = [metrics.sample_depth, watermark.publish]
             if once or tick % RELAY_EVERY == 0:
                 chores.append(relay_fanouts)
             if once or tick % PRUNE_EVERY == 0:
