@@ -114,7 +114,7 @@ def admit(*, author_id: int) -> Ticket:
     if admitted == -1:
         raise RateLimited(retry_after=max(int(value), 1))
     if admitted == 0:
-        metrics.record_shed(redis=redis)
+        metrics.record_shed(limit="queue", redis=redis)
         raise Overloaded(retry_after=retry_after(depth=int(value)), depth=int(value))
     metrics.record_arrival(redis=redis)
     return Ticket(token)

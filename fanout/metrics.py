@@ -22,7 +22,10 @@ KEEP_SECONDS = 900
 # Rates and means are taken over this many whole seconds before the current one.
 WINDOW_SECONDS = 10
 HISTORY_SECONDS = 120
-SERIES = ("arrivals", "shed", "started", "wait_ms", "depth")
+SERIES = ("arrivals", "shed", "shed_queue", "shed_door", "started", "wait_ms", "depth")
+# Which limit refused a post: the fan-out queue's cap (admission), or a web process's in-flight
+# bound at the door (timeline.limits). Both answer 503; only the first is the queue's doing.
+SHED_LIMITS = ("queue", "door")
 
 
 def _key(name: str, second: int) -> str:
@@ -49,14 +52,20 @@ def record_arrival(*, redis: Redis | None = None) -> None:
     _add({"arrivals": 1}, redis=redis)
 
 
-def record_shed(*, redis: Redis | None = None) -> None:
-    _add({"shed": 1}, totals=("shed_total",), redis=redis)
+def _shed(limit: str) -> tuple[dict[str, float], tuple[str, ...]]:
+    return {"shed": 1, f"shed_{limit}": 1}, ("shed_total", f"shed_{limit}_total")
 
 
-async def record_shed_async() -> None:
+def record_shed(*, limit: str = "queue", redis: Redis | None = None) -> None:
+    amounts, totals = _shed(limit)
+    _add(amounts, totals=totals, redis=redis)
+
+
+async def record_shed_async(*, limit: str = "door") -> None:
     """record_shed, for code running in the event loop (the in-flight limit at the door)."""
+    amounts, totals = _shed(limit)
     async with get_async_redis().pipeline(transaction=False) as pipe:
-        _queue_adds(pipe, {"shed": 1}, ("shed_total",))
+        _queue_adds(pipe, amounts, totals)
         await pipe.execute()
 
 
@@ -110,6 +119,11 @@ def snapshot(*, redis: Redis | None = None) -> dict[str, Any]:
     started = sum(series["started"][window])
     drain = started / WINDOW_SECONDS
     shed = sum(series["shed"][window]) / WINDOW_SECONDS
+    shed_by = {limit: sum(series[f"shed_{limit}"][window]) / WINDOW_SECONDS for limit in SHED_LIMITS}
+    with redis.pipeline(transaction=False) as pipe:
+        for name in ("shed_total", *(f"shed_{limit}_total" for limit in SHED_LIMITS)):
+            pipe.get(f"metrics:{name}")
+        shed_total, *shed_totals = (int(v or 0) for v in pipe.execute())
     # No job started in the window: the wait is unknown (not zero) until one does.
     wait = (sum(series["wait_ms"][window]) / 1000 / started) if started else None
     depths = [d for d in series["depth"][window] if d is not None]
@@ -125,13 +139,20 @@ def snapshot(*, redis: Redis | None = None) -> dict[str, Any]:
             "retry_after": retry_after(depth=depth + reserved),
             "key": QUEUE_KEY,
         },
-        "rates": {"arrival": arrivals, "drain": drain, "shed": shed, "window_seconds": WINDOW_SECONDS},
+        "rates": {
+            "arrival": arrivals,
+            "drain": drain,
+            "shed": shed,
+            "shed_by": shed_by,  # which limit shed: "queue" (the cap) or "door" (a web process)
+            "window_seconds": WINDOW_SECONDS,
+        },
         "wait_seconds": wait,
         "littles_law": {
             "measured_depth": (sum(depths) / len(depths)) if depths else float(depth),
             "lambda_x_w": arrivals * wait if wait is not None else None,
         },
-        "shed_total": int(redis.get("metrics:shed_total") or 0),
+        "shed_total": shed_total,
+        "shed_totals": dict(zip(SHED_LIMITS, shed_totals, strict=True)),
         "workers": {"total": len(workers), "busy": sum(1 for w in workers if w.get_state() == "busy")},
         "history": {
             "t": seconds,
@@ -139,6 +160,8 @@ def snapshot(*, redis: Redis | None = None) -> dict[str, Any]:
             "arrivals": series["arrivals"],
             "drain": series["started"],
             "shed": series["shed"],
+            "shed_queue": series["shed_queue"],
+            "shed_door": series["shed_door"],
             "wait_seconds": [
                 (w / 1000 / s) if s else None for w, s in zip(series["wait_ms"], series["started"], strict=True)
             ],

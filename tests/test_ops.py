@@ -161,7 +161,8 @@ def test_a_full_queue_shows_the_at_cap_banner_and_the_shed_posts(open_page, capp
     expect(stat(page, "shed-total")).to_have_text("2")
     expect(stat(page, "workers")).to_have_text("0 / 0")
     expect(page.locator("#ops")).to_have_class(re.compile(r"\bis-at-cap\b"))
-    expect(page.locator('#chart-shed path[data-series="shed"]')).to_have_count(1)
+    expect(page.locator('#chart-shed path[data-series="queue"]')).to_have_count(1)
+    expect(stat(page, "shed-note")).to_contain_text("queue cap")  # which limit shed them
 
 
 def test_unreadable_stats_are_said_plainly_and_polling_recovers(open_page, live_app, make_user, transactional_db):

@@ -95,7 +95,7 @@ class InFlightLimit:
 
     async def _count_shed(self) -> None:
         try:
-            await metrics.record_shed_async()
+            await metrics.record_shed_async(limit="door")
         except Exception:
             logger.debug("could not count a request shed at the door", exc_info=True)
 

@@ -82,11 +82,16 @@ const charts = {
   }),
   shed: new LineChart($("#chart-shed .chart-plot"), {
     title: "Posts shed with 503",
-    description: "Posts refused with 503 and Retry-After because the queue was at its cap, per second.",
+    description:
+      "Posts refused with 503 and Retry-After, per second, by the limit that refused them: " +
+      "the fan-out queue's cap, or a web process's in-flight bound at the door.",
     yLabel: "503s per second",
     format: decimal,
     minTop: 1,
-    series: [{ key: "shed", label: "shed (503 /s)", className: "series-shed", area: true }],
+    series: [
+      { key: "queue", label: "queue cap (503 /s)", className: "series-shed", area: true },
+      { key: "door", label: "web door (503 /s)", className: "series-shed-door" },
+    ],
   }),
 };
 
@@ -145,10 +150,17 @@ function drawCharts(stats) {
   });
   charts.shed.update({
     ...frame,
-    values: { shed: history.shed },
-    summary: `Shed over the last ${stats.rates.window_seconds} seconds: ${perSecond(stats.rates.shed)}; ` +
+    values: { queue: history.shed_queue, door: history.shed_door },
+    summary: `Shed over the last ${stats.rates.window_seconds} seconds: ${shedNote(stats.rates)}; ` +
       `${whole(stats.shed_total)} in total.`,
   });
+}
+
+/** How fast posts are shed now, and by which limit. */
+function shedNote(rates) {
+  const by = rates.shed_by ?? {};
+  if (!(rates.shed > 0)) return "none";
+  return `${perSecond(rates.shed)} (queue cap ${perSecond(by.queue ?? 0)}, web door ${perSecond(by.door ?? 0)})`;
 }
 
 /** What the two sides of L = λ × W say, in words. */
@@ -188,7 +200,7 @@ function drawNumbers(stats) {
   setText(stat("law-note"), lawNote({ law, waitKnown, idle, window }));
 
   setText(stat("shed-total"), whole(stats.shed_total));
-  setText(stat("shed-note"), rates.shed > 0 ? `${perSecond(rates.shed)} now` : "posts refused with 503");
+  setText(stat("shed-note"), rates.shed > 0 ? `${shedNote(rates)} now` : "posts refused with 503");
   setText(stat("workers"), `${whole(workers.busy)} / ${whole(workers.total)}`);
   setText(stat("workers-note"), workers.total === 0 ? "no worker running: nothing drains" : "busy / total");
 
@@ -208,9 +220,18 @@ function emptyStats() {
   return {
     time: now,
     queue: { depth: null, reserved: null, cap: pageCap },
-    rates: { arrival: null, drain: null, shed: null, window_seconds: 10 },
+    rates: { arrival: null, drain: null, shed: null, shed_by: {}, window_seconds: 10 },
     shed_total: null,
-    history: { t, depth: nothing, arrivals: nothing, drain: nothing, shed: nothing, wait_seconds: nothing },
+    history: {
+      t,
+      depth: nothing,
+      arrivals: nothing,
+      drain: nothing,
+      shed: nothing,
+      shed_queue: nothing,
+      shed_door: nothing,
+      wait_seconds: nothing,
+    },
   };
 }
 
