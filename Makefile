@@ -12,7 +12,7 @@ SEED_DEMO ?= true
 VAR_DIR ?= $(CURDIR)/var
 export PORT WORKERS WEB_PROCESSES START_REDIS SEED_DEMO VAR_DIR
 
-.PHONY: run test setup lint clean
+.PHONY: run status test setup lint clean
 
 run: $(VENV)/.run-deps
 	@mkdir -p $(VAR_DIR)/log && chmod 700 $(VAR_DIR)
@@ -21,6 +21,11 @@ run: $(VENV)/.run-deps
 	$(BIN)/python manage.py migrate --noinput -v 0
 	@echo "Starting on http://127.0.0.1:$(PORT)/ with $(WEB_PROCESSES) web process(es) and $(WORKERS) worker(s); Ctrl-C stops everything."
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/supervisord -c supervisord.conf
+
+# What `make run` is running (in another terminal); any supervisorctl command works the same way:
+#   VAR_DIR=$PWD/var .venv/bin/supervisorctl -c supervisord.conf restart worker:*
+status:
+	@$(BIN)/supervisorctl -c supervisord.conf status
 
 test: $(VENV)/.dev-deps
 	@scripts/ensure-chromium
