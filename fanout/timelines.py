@@ -104,15 +104,25 @@ def invalidate(user_ids: Iterable[int], *, redis: Redis | None = None) -> None:
         (redis or get_redis()).delete(*keys)
 
 
+def queue_page(pipe, user_id: int, *, limit: int, before: int | None = None, after: int | None = None) -> None:
+    """Add to a pipeline (sync or async) the two commands that read a page; see ``page``."""
+    high = f"({before}" if before is not None else "+inf"
+    low = f"({max(after or 0, 0)}"
+    pipe.zrevrangebyscore(key(user_id), high, low, start=0, num=limit)
+    pipe.zcard(key(user_id))
+
+
+def page_from(ids: list[bytes], size: int) -> tuple[list[int], int]:
+    """The answers of ``queue_page``'s commands: the ids, and the set's size without the sentinel
+    (-1 if the timeline is not materialized)."""
+    return [int(i) for i in ids], size - 1
+
+
 def page(
     user_id: int, *, limit: int, before: int | None = None, after: int | None = None, redis: Redis | None = None
 ) -> tuple[list[int], int]:
     """Tweet ids newest first with ``after < id < before``, and the set's size (sentinel excluded)."""
-    redis = redis or get_redis()
-    high = f"({before}" if before is not None else "+inf"
-    low = f"({max(after or 0, 0)}"
-    with redis.pipeline(transaction=False) as pipe:
-        pipe.zrevrangebyscore(key(user_id), high, low, start=0, num=limit)
-        pipe.zcard(key(user_id))
-        ids, size = pipe.execute()
-    return [int(i) for i in ids], max(size - 1, 0)
+    with (redis or get_redis()).pipeline(transaction=False) as pipe:
+        queue_page(pipe, user_id, limit=limit, before=before, after=after)
+        ids, size = page_from(*pipe.execute())
+    return ids, max(size, 0)

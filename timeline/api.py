@@ -154,7 +154,7 @@ def signup(request: HttpRequest) -> HttpResponse:
         user = services.user_signup(**form.cleaned_data)
     except IntegrityError:  # the same name, taken a moment ago by a concurrent signup
         raise invalid({"username": ["A user with that username already exists."]}) from None
-    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    login(request, user, backend=settings.AUTHENTICATION_BACKENDS[0])
     return JsonResponse({"user": user_payload(user)}, status=201)
 
 

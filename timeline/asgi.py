@@ -2,6 +2,7 @@
 
 import gc
 import os
+import resource
 
 from django.core.asgi import get_asgi_application
 
@@ -13,6 +14,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from timeline.hot_reads import HotReads  # noqa: E402
 from timeline.limits import InFlightLimit  # noqa: E402
 from timeline.routing import RefuseDuringOutage, SameOriginOnly, websocket_urlpatterns  # noqa: E402
 
@@ -23,9 +25,15 @@ from timeline.routing import RefuseDuringOutage, SameOriginOnly, websocket_urlpa
 # young generation less often lets a fan-out's garbage die young.
 gc.set_threshold(10_000, 50, 100)
 
+# Every open websocket is a file descriptor. The usual soft limit (1024) would cap a web process
+# at about a thousand sockets; the hard limit is what the system allows, so take all of it.
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if _hard == resource.RLIM_INFINITY or _soft < _hard:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_hard if _hard != resource.RLIM_INFINITY else 1 << 20, _hard))
+
 application = ProtocolTypeRouter(
     {
-        "http": InFlightLimit(django_asgi_app, limit=settings.WEB_MAX_IN_FLIGHT),
+        "http": InFlightLimit(HotReads(django_asgi_app), limit=settings.WEB_MAX_IN_FLIGHT),
         "websocket": SameOriginOnly(RefuseDuringOutage(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
     }
 )

@@ -9,6 +9,7 @@ anything else that meets an outage ends here and answers like the rest of the ap
 
 from __future__ import annotations
 
+import json
 import logging
 
 from django.db import InterfaceError, OperationalError
@@ -28,6 +29,11 @@ def outage_part(exception: BaseException | None) -> str | None:
     if isinstance(exception, (OperationalError, InterfaceError)):
         return "database"
     return None
+
+
+def json_error_body(code: str, message: str, fields: dict[str, str] | None = None) -> bytes:
+    """The API's one error shape, as bytes (for answers made outside Django's views)."""
+    return json.dumps({"error": {"code": code, "message": message, "fields": fields or {}}}).encode()
 
 
 def unavailable_response(request: HttpRequest, part: str) -> HttpResponse:

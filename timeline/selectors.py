@@ -13,6 +13,7 @@ from django.db.models import Q
 from redis.exceptions import RedisError
 
 from fanout import timelines, watermark
+from timeline import tweet_cache
 from timeline.models import Follow, Tweet
 
 User = get_user_model()
@@ -43,7 +44,10 @@ def _home_ids_from_db(user_id: int, *, limit: int, before: int | None = None, af
 
 def _hydrate(ids: list[int]) -> list[Tweet]:
     by_id = Tweet.objects.select_related("author").in_bulk(ids)
-    return [by_id[i] for i in ids if i in by_id]
+    tweets = [by_id[i] for i in ids if i in by_id]
+    with suppress(RedisError):  # so that the next read of these is Redis only (timeline.hot_reads)
+        tweet_cache.put(tweets)
+    return tweets
 
 
 def _rebuild_home(user_id: int) -> None:

@@ -19,7 +19,7 @@ from django.http import HttpRequest
 
 from fanout import admission, push, timelines
 from fanout.models import Fanout
-from timeline import throttles
+from timeline import throttles, tweet_cache
 from timeline.models import TWEET_MAX_LENGTH, Follow, Tweet
 from timeline.validation import is_blank
 
@@ -163,6 +163,8 @@ def _after_tweet_commit(tweet: Tweet, ticket: admission.Ticket | None) -> None:
         admission.enqueue_fanout(tweet.pk, ticket=ticket)
     except Exception:
         logger.exception("tweet %s committed but maybe not queued; the outbox relay will see to it", tweet.pk)
+    with suppress(Exception):  # a cache: a miss is filled on the first read
+        tweet_cache.put([tweet])
     try:
         timelines.add(tweet_id=tweet.pk, user_ids=[tweet.author_id])
     except Exception:

@@ -148,6 +148,10 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
     {"NAME": "timeline.validation.NotOnlyWhitespacePasswordValidator"},
 ]
+# Sessions live in the database and are read from Redis (timeline.sessions); the backend also
+# keeps in Redis what the hot reads need to authenticate a session (timeline.identity).
+SESSION_ENGINE = "timeline.sessions"
+AUTHENTICATION_BACKENDS = ["timeline.identity.RememberingModelBackend"]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"

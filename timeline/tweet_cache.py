@@ -1,0 +1,50 @@
+"""Tweets as JSON, kept in Redis by id, so that a page of a home timeline needs no SQL.
+
+Each entry is ``payloads.tweet_payload`` already encoded (``tweet:<id>`` -> bytes): a page is
+one MGET, and its body is the entries joined, never decoded and encoded again. Entries are
+written when a tweet is posted and when a read finds them missing (filled from the database),
+and dropped when a tweet is deleted. Tweets are never edited; the one thing an entry repeats
+from elsewhere is the author's username, which staff can change in the admin, so entries also
+expire after ``TTL_SECONDS`` and are rebuilt from the database: a rename shows within that.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+
+from redis import Redis
+
+from fanout.connection import get_async_redis, get_redis
+from timeline.models import Tweet
+from timeline.payloads import tweet_payload
+
+TTL_SECONDS = 24 * 3600
+
+
+def key(tweet_id: int) -> str:
+    return f"tweet:{tweet_id}"
+
+
+def encode(tweet: Tweet) -> bytes:
+    return json.dumps(tweet_payload(tweet), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def put(tweets: Iterable[Tweet], *, redis: Redis | None = None) -> None:
+    with (redis or get_redis()).pipeline(transaction=False) as pipe:
+        for tweet in tweets:
+            pipe.set(key(tweet.pk), encode(tweet), ex=TTL_SECONDS)
+        pipe.execute()
+
+
+def drop(tweet_ids: Iterable[int], *, redis: Redis | None = None) -> None:
+    keys = [key(i) for i in tweet_ids]
+    if keys:
+        (redis or get_redis()).delete(*keys)
+
+
+async def get_many_async(tweet_ids: Sequence[int]) -> list[bytes | None]:
+    """The encoded tweets, None where an entry is missing, in one round trip."""
+    if not tweet_ids:
+        return []
+    return await get_async_redis().mget([key(i) for i in tweet_ids])
