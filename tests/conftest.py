@@ -38,6 +38,9 @@ CLEARED_PER_TEST = (
     "ratelimit:*",
     "presence:*",
     "throttle:*",
+    "tweet:*",
+    "session:*",
+    "user:*",
 )
 _names = itertools.count()
 WORKER_COMMAND = [sys.executable, "manage.py", "fanout_worker", "-v", "0"]

@@ -43,11 +43,19 @@ def _home_ids_from_db(user_id: int, *, limit: int, before: int | None = None, af
 
 
 def _hydrate(ids: list[int]) -> list[Tweet]:
-    by_id = Tweet.objects.select_related("author").in_bulk(ids)
-    tweets = [by_id[i] for i in ids if i in by_id]
-    with suppress(RedisError):  # so that the next read of these is Redis only (timeline.hot_reads)
-        tweet_cache.put(tweets)
-    return tweets
+    """The tweets of ``ids`` in that order (those that still exist): from the tweet cache, and
+    from the database for the rest, which are then cached for the next read."""
+    try:
+        by_id = tweet_cache.get_many(ids)
+    except RedisError:
+        by_id = {}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        loaded = Tweet.objects.select_related("author").in_bulk(missing)
+        by_id.update(loaded)
+        with suppress(RedisError):
+            tweet_cache.put(loaded.values())
+    return [by_id[i] for i in ids if i in by_id]
 
 
 def _rebuild_home(user_id: int) -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
+from django.contrib.auth import get_user_model
 from redis import Redis
 
 from fanout.connection import get_async_redis, get_redis
@@ -28,6 +30,24 @@ def key(tweet_id: int) -> str:
 
 def encode(tweet: Tweet) -> bytes:
     return json.dumps(tweet_payload(tweet), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode(entry: bytes) -> Tweet:
+    """An unsaved Tweet (author attached) rebuilt from an entry, for templates and payloads."""
+    data = json.loads(entry)
+    author = get_user_model()(pk=data["author"]["id"], username=data["author"]["username"])
+    created_at = datetime.fromisoformat(data["created_at"].replace("Z", "+00:00"))
+    tweet = Tweet(pk=data["id"], author=author, body=data["body"], created_at=created_at, client_id=data["client_id"])
+    tweet._state.adding = False  # it exists; it is only not loaded from the database
+    return tweet
+
+
+def get_many(tweet_ids: Sequence[int], *, redis: Redis | None = None) -> dict[int, Tweet]:
+    """The cached tweets among ``tweet_ids``, by id, in one round trip."""
+    if not tweet_ids:
+        return {}
+    entries = (redis or get_redis()).mget([key(i) for i in tweet_ids])
+    return {i: decode(entry) for i, entry in zip(tweet_ids, entries, strict=True) if entry is not None}
 
 
 def put(tweets: Iterable[Tweet], *, redis: Redis | None = None) -> None:
