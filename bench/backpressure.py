@@ -151,6 +151,8 @@ def child_populate(authors: int, readers: int, follows_per_author: int, out: Pat
             for r in rng.sample(reader_ids, min(follows_per_author, len(reader_ids)))
         ]
         Follow.objects.bulk_create(follows, batch_size=1000)
+        from django.conf import settings
+
         store = SessionStore()
         expire = timezone.now() + timedelta(days=2)
         sessions, rows = [], []
@@ -158,7 +160,7 @@ def child_populate(authors: int, readers: int, follows_per_author: int, out: Pat
             key = get_random_string(32, "abcdefghijklmnopqrstuvwxyz0123456789")
             data = {
                 SESSION_KEY: str(user.pk),
-                BACKEND_SESSION_KEY: "django.contrib.auth.backends.ModelBackend",
+                BACKEND_SESSION_KEY: settings.AUTHENTICATION_BACKENDS[0],
                 HASH_SESSION_KEY: user.get_session_auth_hash(),
             }
             rows.append(Session(session_key=key, session_data=store.encode(data), expire_date=expire))

@@ -160,7 +160,7 @@ def populate(n_followers: int, out: Path) -> None:
         Follow.objects.bulk_create([Follow(follower=f, followee=author) for f in followers], batch_size=500)
         store = SessionStore()
         expire = timezone.now() + timedelta(days=1)
-        backend = "django.contrib.auth.backends.ModelBackend"
+        backend = settings.AUTHENTICATION_BACKENDS[0]
         sessions, keys = [], {}
         for user in [author, *followers]:
             key = get_random_string(32, "abcdefghijklmnopqrstuvwxyz0123456789")

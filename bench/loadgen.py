@@ -89,6 +89,7 @@ def new_session(user) -> str:
     """Log a user in by writing a session row (what django.contrib.auth.login stores)."""
     from datetime import timedelta
 
+    from django.conf import settings
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
     from django.contrib.sessions.backends.db import SessionStore
     from django.contrib.sessions.models import Session
@@ -98,7 +99,7 @@ def new_session(user) -> str:
     key = get_random_string(32, "abcdefghijklmnopqrstuvwxyz0123456789")
     data = {
         SESSION_KEY: str(user.pk),
-        BACKEND_SESSION_KEY: "django.contrib.auth.backends.ModelBackend",
+        BACKEND_SESSION_KEY: settings.AUTHENTICATION_BACKENDS[0],
         HASH_SESSION_KEY: user.get_session_auth_hash(),
     }
     Session.objects.create(
