@@ -55,6 +55,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -226,6 +227,7 @@ class World:
         secret_key: str,
         cap: int,
         workers: int,
+        web: int = 1,
         extra_env: dict[str, str] | None = None,
     ) -> None:
         self.dir = root / name
@@ -234,7 +236,7 @@ class World:
         self.logs.mkdir()
         self.db = self.dir / "db.sqlite3"
         shutil.copyfile(template_db, self.db)
-        self.cap, self.workers = cap, workers
+        self.cap, self.workers, self.web = cap, workers, web
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.secret_key, self.extra_env = secret_key, extra_env or {}
@@ -264,8 +266,12 @@ class World:
             check=True,
             timeout=120,
         )
+        # As `make run` does (supervisord.conf): one listening socket, handed to every web process.
+        self.listener = socket.create_server((HOST, self.port), backlog=1024)
+        fd = str(self.listener.fileno())
         commands = {
-            "daphne": [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(self.port), "timeline.asgi:application"]
+            f"daphne{i}" if i else "daphne": [sys.executable, "-m", "daphne", "--fd", fd, "timeline.asgi:application"]
+            for i in range(self.web)
         }
         for i in range(self.workers):
             commands[f"worker{i}"] = [sys.executable, "manage.py", "fanout_worker", "-v", "0"]
@@ -278,6 +284,7 @@ class World:
                 stdout=(self.logs / f"{name}.log").open("w"),
                 stderr=subprocess.STDOUT,
                 preexec_fn=die_with_parent,
+                pass_fds=(self.listener.fileno(),) if name.startswith("daphne") else (),
             )
         self._wait_for_http(f"{self.url}/healthz", timeout=60)
         return self
@@ -515,7 +522,8 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def cpu_table(rows: list[dict]) -> str:
-    names = ["daphne", "worker0", "worker1", "cron", "redis", "loadgen"]
+    webs = sorted({name for r in rows for name in r["cpu_percent"] if name.startswith("daphne")})
+    names = [*webs, "worker0", "worker1", "cron", "redis", "loadgen"]
     head = (
         "| cap | load | "
         + " | ".join(names)
@@ -628,6 +636,41 @@ def write_docs_section(text: str) -> None:
 # -- main -----------------------------------------------------------------------------------------
 
 
+def build_template(tmp: Path, secret_key: str, args) -> tuple[Path, Path, list[dict]]:
+    """The template world: a database migrated and populated once, copied for every run."""
+    template = tmp / "template.sqlite3"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "timeline.settings",
+        "DATABASE_URL": f"sqlite:///{template}",
+        "REDIS_URL": f"redis://{HOST}:1/0",
+        "DJANGO_SECRET_KEY": secret_key,
+        "DJANGO_DEBUG": "0",
+    }
+    t = time.monotonic()
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=BASE_DIR, env=env, check=True, timeout=300
+    )
+    cookies = tmp / "sessions.json"
+    populate = [str(args.authors), str(args.readers), str(args.follows_per_author), str(cookies)]
+    subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--_populate", *populate],
+        cwd=BASE_DIR,
+        env=env,
+        check=True,
+        timeout=300,
+    )
+    con = sqlite3.connect(template)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.execute("PRAGMA journal_mode=DELETE")  # one self-contained file to copy
+    con.close()
+    log(
+        f"world: {args.authors} authors x {args.follows_per_author} followers of {args.readers} readers, "
+        f"built in {time.monotonic() - t:.1f}s ({tmp})"
+    )
+    return template, cookies, json.loads(cookies.read_text())["sessions"]
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -644,6 +687,9 @@ def parse_args(argv=None):
     p.add_argument("--readers", type=int, default=1000)
     p.add_argument("--follows-per-author", type=int, default=200)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--web", type=int, default=os.cpu_count() or 1, help="web processes on one port, as make run (default: cores)"
+    )
     p.add_argument(
         "--drain-timeout",
         type=float,
@@ -710,53 +756,17 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        # The template world: migrated once, populated once, copied for every run.
-        template = tmp / "template.sqlite3"
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "timeline.settings",
-            "DATABASE_URL": f"sqlite:///{template}",
-            "REDIS_URL": f"redis://{HOST}:1/0",
-            "DJANGO_SECRET_KEY": secret_key,
-            "DJANGO_DEBUG": "0",
-        }
-        t = time.monotonic()
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-            cwd=BASE_DIR,
-            env=env,
-            check=True,
-            timeout=300,
-        )
-        cookies = tmp / "sessions.json"
-        subprocess.run(
-            [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--_populate",
-                str(args.authors),
-                str(args.readers),
-                str(args.follows_per_author),
-                str(cookies),
-            ],
-            cwd=BASE_DIR,
-            env=env,
-            check=True,
-            timeout=300,
-        )
-        con = sqlite3.connect(template)
-        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        con.execute("PRAGMA journal_mode=DELETE")  # one self-contained file to copy
-        con.close()
-        sessions = json.loads(cookies.read_text())["sessions"]
-        log(
-            f"world: {args.authors} authors x {args.follows_per_author} followers of {args.readers} readers, "
-            f"built in {time.monotonic() - t:.1f}s ({tmp})"
-        )
+        template, cookies, sessions = build_template(tmp, secret_key, args)
 
         def new_world(name: str, cap: int) -> World:
             world = World(
-                root=tmp, name=name, template_db=template, secret_key=secret_key, cap=cap, workers=args.workers
+                root=tmp,
+                name=name,
+                template_db=template,
+                secret_key=secret_key,
+                cap=cap,
+                workers=args.workers,
+                web=args.web,
             )
             worlds.append(world)
             world.start()

@@ -28,6 +28,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 from django_rq import get_queue
+from rq import worker_registration
 
 from fanout import metrics
 from fanout.connection import get_redis
@@ -127,7 +128,7 @@ def release(ticket: Ticket) -> None:
 def retry_after(*, depth: int) -> int:
     """Seconds until the queue has drained, by Little's law: wait = depth / drain rate."""
     drain = metrics.drain_rate()
-    if drain <= 0:
+    if drain <= 0 or not workers_listening():
         return RETRY_AFTER_MAX  # no worker is draining: the honest answer is "a while"
     return min(max(math.ceil(depth / drain), RETRY_AFTER_MIN), RETRY_AFTER_MAX)
 
@@ -180,6 +181,12 @@ def waiting_on_queue(tweet_ids: Sequence[int]) -> set[int]:
             pipe.lpos(QUEUE_KEY, job_id(tweet_id))
         positions = pipe.execute()
     return {tweet_id for tweet_id, pos in zip(tweet_ids, positions, strict=True) if pos is not None}
+
+
+def workers_listening() -> int:
+    """Workers registered on the fan-out queue now (the drain rate looks 10 s back: they may have
+    stopped since)."""
+    return int(get_redis().scard(worker_registration.WORKERS_BY_QUEUE_KEY % FANOUT_QUEUE))
 
 
 def depth() -> int:

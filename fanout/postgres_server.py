@@ -37,8 +37,18 @@ def find_bin_dir() -> Path:
 
 
 class PostgresServer:
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    """A cluster on a free loopback port, or on ``host`` (with ``port`` chosen by the caller).
+
+    ``trusted_network`` (a CIDR such as 10.77.0.0/24) lets the hosts of a private network in
+    without a password, as loopback is: bench/cluster.py's web and worker hosts.
+    """
+
+    def __init__(
+        self, data_dir: Path, port: int | None = None, *, host: str = "127.0.0.1", trusted_network: str | None = None
+    ) -> None:
         self.data_dir = data_dir
+        self.host = host
+        self.trusted_network = trusted_network
         self.port = port or free_port()
         self.bin = find_bin_dir()
         self.started = False
@@ -46,7 +56,7 @@ class PostgresServer:
 
     @property
     def url(self) -> str:
-        return f"postgres://postgres@127.0.0.1:{self.port}/{DATABASE}"
+        return f"postgres://postgres@{self.host}:{self.port}/{DATABASE}"
 
     def _run(self, *args: str) -> list[str]:
         return ["runuser", "-u", self._as, "--", *args] if self._as else list(args)
@@ -63,8 +73,12 @@ class PostgresServer:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )
+        hba = cluster / "pg_hba.conf"
+        if self.trusted_network and self.trusted_network not in hba.read_text():
+            with hba.open("a") as rules:
+                rules.write(f"host all all {self.trusted_network} trust\n")
         settings = {
-            "listen_addresses": "127.0.0.1",
+            "listen_addresses": self.host,
             "port": str(self.port),
             "unix_socket_directories": str(self.data_dir),
             "fsync": "off",
@@ -99,7 +113,7 @@ class PostgresServer:
             raise RuntimeError(f"postgres did not start: {started.stderr.decode(errors='replace')} {log}")
         self.started = True
         subprocess.run(
-            self._run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", DATABASE),
+            self._run(str(self.bin / "createdb"), "-h", self.host, "-p", str(self.port), "-U", "postgres", DATABASE),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fails harmlessly when it exists

@@ -50,12 +50,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def command(data_dir: Path, *, port: int = 0, unixsocket: Path | None = None) -> list[str]:
+def command(data_dir: Path, *, port: int = 0, unixsocket: Path | None = None, host: str = "127.0.0.1") -> list[str]:
+    """The server's command line. ``host`` is the one address it listens on: loopback unless a
+    caller puts it on a private network of its own (bench/cluster.py's data host)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
         find_binary(),
         "--bind",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
         "--dir",
@@ -66,8 +68,10 @@ def command(data_dir: Path, *, port: int = 0, unixsocket: Path | None = None) ->
         "everysec",
         "--save",
         "",
+        # Protected mode refuses every client but loopback while there is no password: right
+        # for a loopback server, and it would refuse the other hosts of a private network.
         "--protected-mode",
-        "yes",
+        "yes" if host == "127.0.0.1" else "no",
         "--daemonize",
         "no",
         "--loglevel",
@@ -79,20 +83,24 @@ def command(data_dir: Path, *, port: int = 0, unixsocket: Path | None = None) ->
 
 
 class RedisServer:
-    """A redis-server child process on a free loopback port, for tests and benchmarks."""
+    """A redis-server child process on a free loopback port, for tests and benchmarks.
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    ``host`` binds it to another address instead, with ``port`` chosen by the caller.
+    """
+
+    def __init__(self, data_dir: Path, port: int | None = None, *, host: str = "127.0.0.1") -> None:
         self.data_dir = data_dir
+        self.host = host
         self.port = port or free_port()
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.process = subprocess.Popen(
-            command(self.data_dir, port=self.port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            command(self.data_dir, port=self.port, host=self.host), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         wait_until_ready(self.url, timeout=timeout, process=self.process)
         return self

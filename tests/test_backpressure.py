@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from django_rq import get_queue
 from redis import Redis
+from rq import worker_registration
 
 from fanout import admission, metrics
 from fanout.admission import FANOUT_QUEUE, QUEUE_KEY, RESERVATIONS_KEY
@@ -70,9 +71,13 @@ def test_retry_after_is_depth_over_the_measured_drain_rate(redis):
     for second in range(now - metrics.WINDOW_SECONDS, now):
         redis.set(metrics._key("started", second), 4)
     assert metrics.drain_rate() == pytest.approx(4.0)
+    listening = worker_registration.WORKERS_BY_QUEUE_KEY % admission.FANOUT_QUEUE
+    redis.sadd(listening, "rq:worker:one")  # as a running worker registers itself
     assert admission.retry_after(depth=20) == 5
     assert admission.retry_after(depth=1) == admission.RETRY_AFTER_MIN
     assert admission.retry_after(depth=10_000) == admission.RETRY_AFTER_MAX
+    redis.srem(listening, "rq:worker:one")  # the workers stopped; the window still shows them
+    assert admission.retry_after(depth=20) == admission.RETRY_AFTER_MAX
 
 
 def test_retry_after_with_no_drain_is_the_maximum(redis):

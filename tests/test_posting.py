@@ -189,3 +189,28 @@ def test_lost_enqueue_is_relayed_from_the_outbox(make_user, client_for, redis, r
 
     fanout = Fanout.objects.get(pk=tweet.pk)
     assert (fanout.state, fanout.delivered, fanout.recipients) == ("done", 1, 1)
+
+
+def test_a_post_waiting_on_a_stuck_ordering_lock_answers_503_not_hang(make_user, client_for):
+    """A session that died mid-post holds posting's lock until the server ends it (30 s);
+    meanwhile posts give up after 2 s and answer 503, nothing made."""
+    import time as clock
+
+    import psycopg
+
+    from tests.conftest import live_database_url, on_postgres
+    from timeline.services import TWEET_ORDER_LOCK
+
+    if not on_postgres():
+        pytest.skip("the ordering lock is PostgreSQL's (SQLite commits one write at a time)")
+    client = client_for(make_user())
+    with psycopg.connect(live_database_url().replace("postgres://", "postgresql://")) as stuck:
+        stuck.execute("BEGIN")
+        stuck.execute("SELECT pg_advisory_xact_lock(%s)", [TWEET_ORDER_LOCK])  # and then nothing
+        started = clock.monotonic()
+        response = post(client, {"body": "blocked", "client_id": str(uuid.uuid4())})
+        waited = clock.monotonic() - started
+        stuck.execute("ROLLBACK")
+    assert response.status_code == 503 and int(response["Retry-After"]) >= 1
+    assert 1.5 < waited < 10
+    assert not Tweet.objects.filter(body="blocked").exists()

@@ -151,6 +151,9 @@ def _commit_tweet_ids_in_order() -> None:
     """
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
+            # Held by a session that died mid-post, the lock is freed only when the server ends
+            # that session (settings: 30 s); meanwhile posting answers 503, it does not hang.
+            cursor.execute("SET LOCAL lock_timeout = '2s'")
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [TWEET_ORDER_LOCK])
 
 

@@ -77,6 +77,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory, so that the daphne and worker processes of the end-to-end tests share
     # it; named per test run, so that two runs on one checkout do not trample each other.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-db-{config.os.getpid()}.sqlite3")}
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A web process that dies in the middle of a post (a host lost, not a clean exit) leaves its
+    # session idle inside the transaction, holding posting's advisory lock (timeline.services)
+    # until TCP gives up on it, hours later. The server ends such a session after 30 s instead.
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
+    _options["options"] = f"{_options.get('options', '')} -c idle_in_transaction_session_timeout=30000".strip()
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = config.env_redis_url("REDIS_URL", f"unix://{VAR_DIR / 'redis' / 'redis.sock'}")

@@ -12,6 +12,8 @@ const RECONNECT = { base: 1000, cap: 30_000 };
 const NEAR_TOP_PX = 120;
 const GAP_PAGE_SIZE = 100;
 const GAP_MAX_PAGES = 10;
+const GAP_TRIES = 8;
+const GAP_RETRY = { base: 500, cap: 8000 };
 const LABELS = {
   connected: "Live",
   connecting: "Connecting…",
@@ -174,10 +176,7 @@ function noteWatermark(value) {
   if (Number.isInteger(value)) watermark = value;
 }
 
-async function fillGap() {
-  if (viewingOlder) return;
-  const newest = newestShownId();
-  const after = Number.isInteger(watermark) ? Math.min(newest, watermark) : newest;
+async function fillGap(after) {
   const found = [];
   let before = null;
   let heard = null;
@@ -191,7 +190,35 @@ async function fillGap() {
     before = answer.next_before;
   }
   arrive(found);
-  noteWatermark(heard);
+  return heard;
+}
+
+// After each (re)connection the gap is filled before anything else moves the watermark: a pong
+// on the new socket says what the server has pushed to *this* socket, not what the page missed
+// while it had none. A fill that fails (the API away for a moment, a balancer still sending it
+// to a server that just died) is tried again, with the same `after`, while the socket stays
+// open; if it keeps failing, the socket is dropped, so that the next connection tries anew.
+let gapFilled = false;
+
+async function fillGapForConnection(ws) {
+  gapFilled = false;
+  if (viewingOlder) {
+    gapFilled = true;
+    return;
+  }
+  const newest = newestShownId();
+  const after = Number.isInteger(watermark) ? Math.min(newest, watermark) : newest;
+  for (let tries = 0; tries < GAP_TRIES; tries += 1) {
+    if (socket !== ws) return;
+    try {
+      noteWatermark(await fillGap(after));
+      gapFilled = true;
+      return;
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, delay(tries, GAP_RETRY)));
+    }
+  }
+  if (socket === ws) ws.close();
 }
 
 // -- the socket -------------------------------------------------------------------------------
@@ -209,9 +236,7 @@ function connect() {
     attempt = 0;
     showState("connected");
     pingTimer = setInterval(() => ws.send(JSON.stringify({ type: "ping" })), PING_EVERY_MS);
-    fillGap().catch(() => {
-      // The API is away: the socket will close soon too, and the next connection tries again.
-    });
+    fillGapForConnection(ws);
   });
   ws.addEventListener("message", (message) => {
     let event;
@@ -222,7 +247,7 @@ function connect() {
     }
     if (event.type === "tweet.new") arrive([event.tweet]);
     else if (event.type === "fanout.progress" || event.type === "fanout.done") onFanout(event);
-    else if (event.type === "pong") noteWatermark(event.watermark);
+    else if (event.type === "pong" && gapFilled) noteWatermark(event.watermark);
   });
   ws.addEventListener("close", (closed) => {
     clearInterval(pingTimer);
