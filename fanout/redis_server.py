@@ -74,12 +74,24 @@ def command(data_dir: Path, *, port: int = 0, unixsocket: Path | None = None, ho
         "yes" if host == "127.0.0.1" else "no",
         "--daemonize",
         "no",
+        # A home timeline is a sorted set of up to TIMELINE_CAP ids (800) plus its sentinel. Past
+        # 128 entries Redis's default turns it into a skiplist, about 14 times the ids' raw size
+        # (8 bytes each); kept a listpack up to the cap, a full timeline costs about 2.5 times
+        # (docs/benchmarks.md). (The option's old name; Redis 7 knows it as zset-max-listpack-entries.)
+        "--zset-max-ziplist-entries",
+        str(timeline_listpack_entries()),
         "--loglevel",
         "warning",
     ]
     if unixsocket is not None:
         args += ["--unixsocket", str(unixsocket), "--unixsocketperm", "700"]
     return args
+
+
+def timeline_listpack_entries() -> int:
+    """Entries a sorted set may hold and stay compact: a full timeline and its sentinel, at least."""
+    cap = os.environ.get("TIMELINE_CAP", "").strip()
+    return max(1024, int(cap) + 1 if cap.isdigit() else 0)
 
 
 class RedisServer:

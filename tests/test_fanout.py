@@ -281,3 +281,18 @@ def _someone_waits_on_an_advisory_lock() -> bool:
     with connections["default"].cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
         return cursor.fetchone()[0] > 0
+
+
+def test_a_full_timeline_stays_compact_in_redis(make_user, redis, settings):
+    """800 ids of 13 digits (as a busy site's would be) cost at most 3 times their raw 8 bytes."""
+    reader = make_user()
+    timelines.begin_rebuild(reader.pk)
+    ids = [10**12 + 37 * i for i in range(settings.TIMELINE_CAP)]
+    timelines.finish_rebuild(reader.pk, ids)
+    for tweet_id in ids[:50]:  # and as fan-out keeps writing into it
+        timelines.add(tweet_id=tweet_id + 10**11, user_ids=[reader.pk])
+
+    key = timelines.key(reader.pk)
+    assert redis.zcard(key) == settings.TIMELINE_CAP + 1  # capped, sentinel kept
+    assert redis.object("encoding", key) in (b"listpack", b"ziplist")
+    assert redis.memory_usage(key) <= 3 * 8 * settings.TIMELINE_CAP
