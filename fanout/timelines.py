@@ -5,7 +5,8 @@ is still there once: delivery is at-least-once, and this makes it idempotent. Ea
 capped at ``TIMELINE_CAP`` entries (older pages come from the database).
 
 A timeline that is not in Redis is not empty, it is *not materialized*: it is rebuilt from the
-database on the next read. Every materialized set therefore holds a sentinel member ``"0"``
+database on the next read. Timelines nobody reads expire after ``TIMELINE_IDLE_DAYS`` (each read
+renews them), so fan-out keeps writing only into the timelines of people who come back. Every materialized set therefore holds a sentinel member ``"0"``
 with score 0, created *before* the rebuild reads the database. Fan-out only writes into sets
 that exist, which closes the race with a rebuild in flight: either the fan-out sees the
 sentinel and adds its tweet, or it ran before the sentinel was made, hence before the rebuild's
@@ -49,16 +50,16 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1
 """
 
-# Merges the tweet ids in ARGV[2..] into KEYS[1] if it still exists (a follow or unfollow
+# Merges the tweet ids in ARGV[3..] into KEYS[1] if it still exists (a follow or unfollow
 # may have dropped it meanwhile: then the rebuilt list is stale and must not be written),
-# trims it to ARGV[1] tweets, and makes it permanent.
+# trims it to ARGV[1] tweets, and gives it the idle lifetime ARGV[2] (seconds).
 _MERGE_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i])
 end
 redis.call('ZREMRANGEBYRANK', KEYS[1], 1, -(tonumber(ARGV[1]) + 1))
-redis.call('PERSIST', KEYS[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 return 1
 """
 
@@ -88,7 +89,11 @@ def begin_rebuild(user_id: int, *, redis: Redis | None = None) -> None:
 def finish_rebuild(user_id: int, tweet_ids: Iterable[int], *, redis: Redis | None = None) -> bool:
     redis = redis or get_redis()
     script = redis.register_script(_MERGE_SCRIPT)
-    return bool(script(keys=[key(user_id)], args=[settings.TIMELINE_CAP, *tweet_ids]))
+    return bool(script(keys=[key(user_id)], args=[settings.TIMELINE_CAP, idle_seconds(), *tweet_ids]))
+
+
+def idle_seconds() -> int:
+    return settings.TIMELINE_IDLE_DAYS * 86400
 
 
 def remove(user_id: int, tweet_ids: Iterable[int], *, redis: Redis | None = None) -> None:
@@ -105,14 +110,17 @@ def invalidate(user_ids: Iterable[int], *, redis: Redis | None = None) -> None:
 
 
 def queue_page(pipe, user_id: int, *, limit: int, before: int | None = None, after: int | None = None) -> None:
-    """Add to a pipeline (sync or async) the two commands that read a page; see ``page``."""
+    """Add to a pipeline (sync or async) the commands that read a page; see ``page``. A read
+    also renews the timeline's idle lifetime: one nobody reads leaves Redis after
+    TIMELINE_IDLE_DAYS, fan-out stops writing into it, and the next read rebuilds it."""
     high = f"({before}" if before is not None else "+inf"
     low = f"({max(after or 0, 0)}"
     pipe.zrevrangebyscore(key(user_id), high, low, start=0, num=limit)
     pipe.zcard(key(user_id))
+    pipe.expire(key(user_id), idle_seconds())
 
 
-def page_from(ids: list[bytes], size: int) -> tuple[list[int], int]:
+def page_from(ids: list[bytes], size: int, renewed: int = 0) -> tuple[list[int], int]:
     """The answers of ``queue_page``'s commands: the ids, and the set's size without the sentinel
     (-1 if the timeline is not materialized)."""
     return [int(i) for i in ids], size - 1

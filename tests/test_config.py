@@ -43,6 +43,7 @@ def start(**env: str) -> subprocess.CompletedProcess:
         ("FANOUT_LEASE_SECONDS", "0"),
         ("SOCKETS_PER_USER", "none"),
         ("DJANGO_SECURE", "sometimes"),
+        ("TIMELINE_IDLE_DAYS", "0"),
     ],
 )
 def test_bad_values_stop_start_up_with_one_line_naming_the_variable(name, value):

@@ -121,7 +121,8 @@ def test_a_fanout_racing_a_rebuild_is_not_lost(make_user, redis):
     timelines.finish_rebuild(follower.pk, stale_ids)
 
     assert home_ids(follower) == [tweet.pk]
-    assert redis.ttl(timelines.key(follower.pk)) == -1  # the finished set is permanent
+    # The finished set lives for the idle lifetime (not the rebuild's minute), renewed by reads.
+    assert redis.ttl(timelines.key(follower.pk)) > timelines.REBUILD_TTL_SECONDS
 
 
 def test_timeline_is_capped_and_older_pages_come_from_the_database(make_user, run_worker, settings, redis):
@@ -296,3 +297,22 @@ def test_a_full_timeline_stays_compact_in_redis(make_user, redis, settings):
     assert redis.zcard(key) == settings.TIMELINE_CAP + 1  # capped, sentinel kept
     assert redis.object("encoding", key) in (b"listpack", b"ziplist")
     assert redis.memory_usage(key) <= 3 * 8 * settings.TIMELINE_CAP
+
+
+def test_a_timeline_nobody_reads_leaves_redis_and_fanout_stops_writing_to_it(make_user, settings, redis):
+    settings.TIMELINE_IDLE_DAYS = 7
+    reader, author = make_user(), make_user()
+    follow_create(follower=reader, followee=author)
+    materialize(reader)
+    key = timelines.key(reader.pk)
+    assert 6 * 86400 < redis.ttl(key) <= 7 * 86400
+    redis.expire(key, 3600)  # six days and 23 hours later...
+    home_ids(reader)  # ...the reader comes back: a read renews the idle lifetime
+    assert redis.ttl(key) > 6 * 86400
+
+    redis.delete(key)  # a week of nobody reading: Redis drops it
+    tweet = post(author)
+    delivery.deliver_tweet(tweet_id=tweet.pk)
+    assert not redis.exists(key)  # fan-out did not bring it back...
+    assert Fanout.objects.get(pk=tweet.pk).delivered == 1
+    assert home_ids(reader) == [tweet.pk]  # ...and the next read rebuilds it, tweet included

@@ -84,13 +84,13 @@ class HotReads:
             pipe.get(identity.key(user_id))
             pipe.get(watermark.KEY)  # before the timeline: see fanout.watermark
             timelines.queue_page(pipe, user_id, limit=limit + 1, before=before, after=after)
-            auth, low_watermark, ids, size = await pipe.execute()
+            auth, low_watermark, *page = await pipe.execute()
         if auth is None or low_watermark is None:
             return None
         auth = json.loads(auth)
         if not auth["active"] or not constant_time_compare(session.get(_USER_HASH, ""), auth["hash"]):
             return None
-        ids, size = timelines.page_from(ids, size)
+        ids, size = timelines.page_from(*page)
         if size < 0 or (len(ids) <= limit and size >= settings.TIMELINE_CAP):
             return None  # not materialized, or the page runs past the capped set into the database
         tweets = await tweet_cache.get_many_async(ids)

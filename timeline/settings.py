@@ -92,6 +92,9 @@ REDIS_URL = config.env_redis_url("REDIS_URL", f"unix://{VAR_DIR / 'redis' / 'red
 FANOUT_QUEUE_CAP = config.env_int("FANOUT_QUEUE_CAP", 100)
 FANOUT_BATCH_SIZE = config.env_int("FANOUT_BATCH_SIZE", 1000, minimum=1, maximum=100_000)
 TIMELINE_CAP = config.env_int("TIMELINE_CAP", 800, minimum=10, maximum=100_000)
+# A home timeline nobody reads for this many days leaves Redis (a read renews it); fan-out then
+# stops writing into it, and the owner's next read rebuilds it from the database.
+TIMELINE_IDLE_DAYS = config.env_int("TIMELINE_IDLE_DAYS", 7, minimum=1, maximum=3650)
 # A worker holds a running fan-out's lease this long and renews it with every batch; when a
 # worker dies, the relay gives its fan-out to another one this many seconds (plus one) later.
 FANOUT_LEASE_SECONDS = config.env_int("FANOUT_LEASE_SECONDS", 5, minimum=1, maximum=3600)
