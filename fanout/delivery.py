@@ -94,6 +94,12 @@ def _owned(tweet_id: int, token: str):
     return Fanout.objects.filter(pk=tweet_id, lease_owner=token)
 
 
+def merged_on_read(followers: int) -> bool:
+    """Whether an author with this many followers is merged on read rather than fanned out."""
+    threshold = settings.FANOUT_ON_READ_THRESHOLD
+    return threshold > 0 and followers > threshold
+
+
 def deliver_tweet(*, tweet_id: int) -> None:
     claimed = claim(tweet_id)
     if claimed is None:
@@ -101,57 +107,111 @@ def deliver_tweet(*, tweet_id: int) -> None:
         logger.info("fan-out of tweet %s not claimed (%s); nothing to do", tweet_id, row or "tweet gone")
         return
     fanout, token = claimed
-    author_id = fanout.tweet.author_id
-    delivered = fanout.delivered
-    recipients = max(Follow.objects.filter(followee_id=author_id).count(), delivered)
-    event = push.tweet_new(tweet_payload(fanout.tweet))
-    batch_size = settings.FANOUT_BATCH_SIZE
-    last_pushes: list[tuple[int, push.Event]] = []
-    cursor = fanout.cursor
+    followers = Follow.objects.filter(followee_id=fanout.tweet.author_id).count()
+    run = Run(fanout, token, followers)
     try:
-        for batch in follower_id_batches(author_id, after=cursor, batch_size=batch_size):
-            timelines.add(tweet_id=tweet_id, user_ids=batch)
-            delivered, cursor = delivered + len(batch), batch[-1]
-            recipients = max(recipients, delivered)
-            online = [(uid, event) for uid in presence.online_among(batch)]
-            if len(batch) == batch_size:  # maybe not the last: save progress, renew, tell
-                renewed = _owned(tweet_id, token).update(
-                    cursor=cursor, delivered=delivered, recipients=recipients, lease_expires_at=_lease_until()
-                )
-                if not renewed:
-                    raise LeaseLost
-                # Timelines first, then the push: a follower told of a tweet can always load it.
-                progress = push.fanout_event(
-                    tweet_id=tweet_id, delivered=delivered, recipients=recipients, state="running"
-                )
-                push.send([*online, (author_id, progress)])
-            else:  # the last batch: its pushes go out with "done", in one send
-                last_pushes = online
+        if merged_on_read(followers):
+            run.on_read()
+        else:
+            run.on_write()
     except LeaseLost:
         logger.warning(
-            "fan-out of tweet %s stopped at %d: its lease was taken or the tweet deleted", tweet_id, delivered
+            "fan-out of tweet %s stopped at %d: its lease was taken or the tweet deleted", tweet_id, run.delivered
         )
         return
     except Exception as exc:
-        _record_failure(fanout, token, exc, delivered=delivered, recipients=recipients)
+        _record_failure(fanout, token, exc, delivered=run.delivered, recipients=run.recipients)
         raise
-    # Follows made or removed while the job ran make the first count approximate; what was
-    # delivered is the true number of recipients.
-    finished = _owned(tweet_id, token).update(
-        state=Fanout.State.DONE,
-        cursor=cursor,
-        delivered=delivered,
-        recipients=delivered,
-        finished_at=timezone.now(),
-        last_error="",
-        lease_owner="",
-        lease_expires_at=None,
-    )
-    if not finished:
-        logger.warning("fan-out of tweet %s finished after losing its lease (or its tweet)", tweet_id)
-        return
-    done = push.fanout_event(tweet_id=tweet_id, delivered=delivered, recipients=delivered, state="done")
-    push.send([*last_pushes, (author_id, done)])
+    run.finish()
+
+
+class Run:
+    """One run of a claimed fan-out: its progress, saved with every lease renewal."""
+
+    def __init__(self, fanout: Fanout, token: str, followers: int) -> None:
+        self.tweet_id, self.author_id, self.token = fanout.pk, fanout.tweet.author_id, token
+        self.event = push.tweet_new(tweet_payload(fanout.tweet))
+        self.delivered, self.cursor, self.live = fanout.delivered, fanout.cursor, 0
+        self.recipients = max(followers, self.delivered)
+        self.mode = Fanout.Mode.WRITE
+        self.last_pushes: list[tuple[int, push.Event]] = []
+
+    def on_write(self) -> None:
+        """Into every (materialized) follower's timeline, a batch at a time, then live to those online."""
+        batch_size = settings.FANOUT_BATCH_SIZE
+        for batch in follower_id_batches(self.author_id, after=self.cursor, batch_size=batch_size):
+            timelines.add(tweet_id=self.tweet_id, user_ids=batch)
+            self.delivered, self.cursor = self.delivered + len(batch), batch[-1]
+            self.recipients = max(self.recipients, self.delivered)
+            online = presence.online_among(batch)
+            self.live += len(online)
+            self._step([(uid, self.event) for uid in online], last=len(batch) < batch_size)
+
+    def on_read(self) -> None:
+        """Into the author's own timeline, which each follower's read merges (fanout.timelines):
+        one write, however many followers. Only the followers online now are sent it live, found
+        among who is online (fanout.presence) rather than among all the followers."""
+        self.mode = Fanout.Mode.READ
+        timelines.mark_read_author(self.author_id)  # before the tweet: readers must merge it
+        timelines.add_to_author(author_id=self.author_id, tweet_id=self.tweet_id)
+        self.delivered = self.recipients  # every follower reads it from now on
+        for online in presence.online_batches(settings.FANOUT_BATCH_SIZE):
+            followers = list(
+                Follow.objects.filter(followee_id=self.author_id, follower_id__in=online).values_list(
+                    "follower_id", flat=True
+                )
+            )
+            self.live += len(followers)
+            self._step([(uid, self.event) for uid in followers], last=False)
+
+    def _step(self, pushes: list[tuple[int, push.Event]], *, last: bool) -> None:
+        if last:  # its pushes go out with "done", in one send
+            self.last_pushes = pushes
+            return
+        renewed = _owned(self.tweet_id, self.token).update(
+            cursor=self.cursor,
+            delivered=self.delivered,
+            recipients=self.recipients,
+            live=self.live,
+            mode=self.mode,
+            lease_expires_at=_lease_until(),
+        )
+        if not renewed:
+            raise LeaseLost
+        # Timelines first, then the push: a follower told of a tweet can always load it.
+        push.send([*pushes, (self.author_id, self._event("running"))])
+
+    def finish(self) -> None:
+        # Follows made or removed while the job ran make the first count approximate; what was
+        # delivered is the true number of recipients.
+        if self.mode == Fanout.Mode.WRITE:
+            self.recipients = self.delivered
+        finished = _owned(self.tweet_id, self.token).update(
+            state=Fanout.State.DONE,
+            cursor=self.cursor,
+            delivered=self.delivered,
+            recipients=self.recipients,
+            live=self.live,
+            mode=self.mode,
+            finished_at=timezone.now(),
+            last_error="",
+            lease_owner="",
+            lease_expires_at=None,
+        )
+        if not finished:
+            logger.warning("fan-out of tweet %s finished after losing its lease (or its tweet)", self.tweet_id)
+            return
+        push.send([*self.last_pushes, (self.author_id, self._event("done"))])
+
+    def _event(self, state: str) -> push.Event:
+        return push.fanout_event(
+            tweet_id=self.tweet_id,
+            delivered=self.delivered,
+            recipients=self.recipients,
+            state=state,
+            mode=self.mode,
+            live=self.live,
+        )
 
 
 def _record_failure(fanout: Fanout, token: str, exc: Exception, *, delivered: int, recipients: int) -> None:

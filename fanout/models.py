@@ -47,6 +47,15 @@ class Fanout(models.Model):
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     cursor = models.BigIntegerField(default=0)
 
+    class Mode(models.TextChoices):
+        WRITE = "write", "written into followers' timelines"
+        READ = "read", "merged into followers' timelines on read"
+
+    mode = models.CharField(max_length=5, choices=Mode.choices, default=Mode.WRITE)
+    # Followers who had a page open and were sent the tweet live (the rest read it on their
+    # next visit, from their timeline or, for an author merged on read, from the author's).
+    live = models.PositiveIntegerField(default=0)
+
     class Meta:
         indexes = [models.Index(fields=["state", "created_at"], name="fanout_state_age")]
 

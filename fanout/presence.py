@@ -14,7 +14,7 @@ A socket of a crashed server stays listed until it is the oldest and is "closed"
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from redis import Redis
 
@@ -62,6 +62,21 @@ def online_among(user_ids: Sequence[int], *, redis: Redis | None = None) -> list
     now = time.time()
     scores = redis.zmscore(PRESENCE_KEY, [str(u) for u in user_ids])
     return [u for u, expires in zip(user_ids, scores, strict=True) if expires is not None and expires > now]
+
+
+def online_batches(size: int, *, redis: Redis | None = None) -> Iterator[list[int]]:
+    """Everyone online now, ``size`` at a time (SCAN: someone who comes or goes meanwhile may be
+    seen once, twice or not at all, which live push, best effort by design, can afford)."""
+    redis = redis or get_redis()
+    now, batch = time.time(), []
+    for member, expires in redis.zscan_iter(PRESENCE_KEY, count=size):
+        if expires > now:
+            batch.append(int(member))
+            if len(batch) == size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
 
 
 def prune(*, redis: Redis | None = None) -> int:

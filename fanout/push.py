@@ -58,9 +58,19 @@ def tweet_new(tweet: dict[str, Any]) -> Event:
     return {"type": "tweet.new", "tweet": tweet}
 
 
-def fanout_event(*, tweet_id: int, delivered: int, recipients: int, state: str) -> Event:
+def fanout_event(
+    *, tweet_id: int, delivered: int, recipients: int, state: str, mode: str = "write", live: int = 0
+) -> Event:
     kind = "fanout.done" if state in ("done", "failed") else "fanout.progress"
-    return {"type": kind, "tweet_id": tweet_id, "delivered": delivered, "recipients": recipients, "state": state}
+    return {
+        "type": kind,
+        "tweet_id": tweet_id,
+        "delivered": delivered,
+        "recipients": recipients,
+        "state": state,
+        "mode": mode,
+        "live": live,
+    }
 
 
 def send(messages: Iterable[tuple[int, Event]]) -> None:

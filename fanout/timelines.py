@@ -1,16 +1,26 @@
-"""Home timelines in Redis: one sorted set per user, ``tl:home:<user_id>``.
+"""Timelines in Redis: home timelines, and the recent tweets of authors merged on read.
 
-Score and member are both the tweet id, so the set is in posting order and a tweet added twice
-is still there once: delivery is at-least-once, and this makes it idempotent. Each set is
-capped at ``TIMELINE_CAP`` entries (older pages come from the database).
+``tl:home:<user_id>``, one sorted set per user, score and member both the tweet id, so the set
+is in posting order and a tweet added twice is still there once: delivery is at-least-once, and
+this makes it idempotent. Each set is capped at ``TIMELINE_CAP`` entries (older pages come from
+the database).
 
 A timeline that is not in Redis is not empty, it is *not materialized*: it is rebuilt from the
-database on the next read. Timelines nobody reads expire after ``TIMELINE_IDLE_DAYS`` (each read
-renews them), so fan-out keeps writing only into the timelines of people who come back. Every materialized set therefore holds a sentinel member ``"0"``
+database on the next read. Every materialized set therefore holds a sentinel member ``"0"``
 with score 0, created *before* the rebuild reads the database. Fan-out only writes into sets
 that exist, which closes the race with a rebuild in flight: either the fan-out sees the
 sentinel and adds its tweet, or it ran before the sentinel was made, hence before the rebuild's
 query, which then sees the committed tweet. Readers ask for scores above 0 and never see it.
+Timelines nobody reads expire after ``TIMELINE_IDLE_DAYS`` (each read renews them), so fan-out
+keeps writing only into the timelines of people who come back.
+
+Authors with more followers than ``FANOUT_ON_READ_THRESHOLD`` are not fanned out on write
+(fanout.delivery): their tweets go into ``tl:author:<author_id>`` alone, built and capped the
+same way, and a reader's page merges its home timeline with the author timelines of the
+merged-on-read authors it follows (``merged_authors``). ``tl:read_authors`` holds every author
+ever merged on read; it only grows, so a tweet delivered that way stays reachable whatever the
+author's followers or the threshold do later, and each addition bumps a version that makes
+every reader's cached list of such authors stale.
 """
 
 from __future__ import annotations
@@ -64,17 +74,43 @@ return 1
 """
 
 
+READ_AUTHORS_KEY = "tl:read_authors"
+READ_AUTHORS_VERSION_KEY = "tl:read_authors:version"
+
+# Adds ARGV[1] to the set KEYS[1]; if it was not there, bumps the version in KEYS[2].
+_MARK_READ_AUTHOR_SCRIPT = """
+if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then redis.call('INCR', KEYS[2]) return 1 end
+return 0
+"""
+
+
 def key(user_id: int) -> str:
     return f"tl:home:{user_id}"
 
 
+def author_key(author_id: int) -> str:
+    return f"tl:author:{author_id}"
+
+
+def merged_key(user_id: int) -> str:
+    return f"tl:merged:{user_id}"
+
+
 def add(*, tweet_id: int, user_ids: Sequence[int], redis: Redis | None = None) -> int:
-    """Add a tweet to the materialized timelines among ``user_ids``; returns how many."""
-    if not user_ids:
+    """Add a tweet to the materialized home timelines among ``user_ids``; returns how many."""
+    return _add(tweet_id, [key(u) for u in user_ids], redis)
+
+
+def add_to_author(*, author_id: int, tweet_id: int, redis: Redis | None = None) -> int:
+    """Add a tweet to its author's timeline, if materialized (else it is rebuilt on read)."""
+    return _add(tweet_id, [author_key(author_id)], redis)
+
+
+def _add(tweet_id: int, keys: list[str], redis: Redis | None) -> int:
+    if not keys:
         return 0
-    redis = redis or get_redis()
-    script = redis.register_script(_ADD_SCRIPT)
-    return int(script(keys=[key(u) for u in user_ids], args=[tweet_id, settings.TIMELINE_CAP]))
+    script = (redis or get_redis()).register_script(_ADD_SCRIPT)
+    return int(script(keys=keys, args=[tweet_id, settings.TIMELINE_CAP]))
 
 
 def is_materialized(user_id: int, *, redis: Redis | None = None) -> bool:
@@ -82,42 +118,105 @@ def is_materialized(user_id: int, *, redis: Redis | None = None) -> bool:
 
 
 def begin_rebuild(user_id: int, *, redis: Redis | None = None) -> None:
-    redis = redis or get_redis()
-    redis.register_script(_BEGIN_SCRIPT)(keys=[key(user_id)], args=[REBUILD_TTL_SECONDS])
+    _begin(key(user_id), redis)
 
 
 def finish_rebuild(user_id: int, tweet_ids: Iterable[int], *, redis: Redis | None = None) -> bool:
-    redis = redis or get_redis()
-    script = redis.register_script(_MERGE_SCRIPT)
-    return bool(script(keys=[key(user_id)], args=[settings.TIMELINE_CAP, idle_seconds(), *tweet_ids]))
+    return _finish(key(user_id), tweet_ids, redis)
+
+
+def begin_author_rebuild(author_id: int, *, redis: Redis | None = None) -> None:
+    _begin(author_key(author_id), redis)
+
+
+def finish_author_rebuild(author_id: int, tweet_ids: Iterable[int], *, redis: Redis | None = None) -> bool:
+    return _finish(author_key(author_id), tweet_ids, redis)
+
+
+def _begin(set_key: str, redis: Redis | None) -> None:
+    (redis or get_redis()).register_script(_BEGIN_SCRIPT)(keys=[set_key], args=[REBUILD_TTL_SECONDS])
+
+
+def _finish(set_key: str, tweet_ids: Iterable[int], redis: Redis | None) -> bool:
+    script = (redis or get_redis()).register_script(_MERGE_SCRIPT)
+    return bool(script(keys=[set_key], args=[settings.TIMELINE_CAP, idle_seconds(), *tweet_ids]))
 
 
 def idle_seconds() -> int:
     return settings.TIMELINE_IDLE_DAYS * 86400
 
 
-def remove(user_id: int, tweet_ids: Iterable[int], *, redis: Redis | None = None) -> None:
-    """Drop tweet ids (of deleted tweets) from one timeline."""
+def remove(user_id: int, tweet_ids: Iterable[int], *, authors: Iterable[int] = (), redis: Redis | None = None) -> None:
+    """Drop tweet ids (of deleted tweets) from a home timeline and the author timelines it merges."""
     tweet_ids = list(tweet_ids)
     if tweet_ids:
-        (redis or get_redis()).zrem(key(user_id), *tweet_ids)
+        with (redis or get_redis()).pipeline(transaction=False) as pipe:
+            for set_key in [key(user_id), *(author_key(a) for a in authors)]:
+                pipe.zrem(set_key, *tweet_ids)
+            pipe.execute()
 
 
 def invalidate(user_ids: Iterable[int], *, redis: Redis | None = None) -> None:
-    keys = [key(u) for u in user_ids]
+    """Drop home timelines (and which merged-on-read authors they follow), to be rebuilt on read."""
+    keys = [k for u in user_ids for k in (key(u), merged_key(u))]
     if keys:
         (redis or get_redis()).delete(*keys)
+
+
+# -- authors merged on read ---------------------------------------------------------------------
+
+
+def mark_read_author(author_id: int, *, redis: Redis | None = None) -> bool:
+    """Note that this author's tweets are merged on read (for good); True if that is new."""
+    script = (redis or get_redis()).register_script(_MARK_READ_AUTHOR_SCRIPT)
+    return bool(script(keys=[READ_AUTHORS_KEY, READ_AUTHORS_VERSION_KEY], args=[author_id]))
+
+
+def read_authors(*, redis: Redis | None = None) -> tuple[int, set[int]]:
+    """The version, and every author ever merged on read."""
+    with (redis or get_redis()).pipeline(transaction=False) as pipe:
+        pipe.get(READ_AUTHORS_VERSION_KEY)
+        pipe.smembers(READ_AUTHORS_KEY)
+        version, members = pipe.execute()
+    return int(version or 0), {int(m) for m in members}
+
+
+def remember_merged(user_id: int, version: int, authors: Iterable[int], *, redis: Redis | None = None) -> None:
+    """Cache which merged-on-read authors a user follows, as of ``version`` of the set of them."""
+    value = f"{version}:" + ",".join(str(a) for a in sorted(authors))
+    (redis or get_redis()).set(merged_key(user_id), value, ex=idle_seconds())
+
+
+def merged_from(cached: bytes | None, version: bytes | None) -> list[int] | None:
+    """The authors cached by ``remember_merged``, or None if missing or stale (the set grew since)."""
+    if cached is None:
+        return None
+    stamp, _, authors = cached.decode().partition(":")
+    if int(stamp) != int(version or 0):
+        return None
+    return [int(a) for a in authors.split(",") if a]
+
+
+# -- reading ------------------------------------------------------------------------------------
 
 
 def queue_page(pipe, user_id: int, *, limit: int, before: int | None = None, after: int | None = None) -> None:
     """Add to a pipeline (sync or async) the commands that read a page; see ``page``. A read
     also renews the timeline's idle lifetime: one nobody reads leaves Redis after
     TIMELINE_IDLE_DAYS, fan-out stops writing into it, and the next read rebuilds it."""
+    _queue_range(pipe, key(user_id), limit=limit, before=before, after=after)
+
+
+def queue_author_page(pipe, author_id: int, *, limit: int, before: int | None = None, after: int | None = None) -> None:
+    _queue_range(pipe, author_key(author_id), limit=limit, before=before, after=after)
+
+
+def _queue_range(pipe, set_key: str, *, limit: int, before: int | None, after: int | None) -> None:
     high = f"({before}" if before is not None else "+inf"
     low = f"({max(after or 0, 0)}"
-    pipe.zrevrangebyscore(key(user_id), high, low, start=0, num=limit)
-    pipe.zcard(key(user_id))
-    pipe.expire(key(user_id), idle_seconds())
+    pipe.zrevrangebyscore(set_key, high, low, start=0, num=limit)
+    pipe.zcard(set_key)
+    pipe.expire(set_key, idle_seconds())
 
 
 def page_from(ids: list[bytes], size: int, renewed: int = 0) -> tuple[list[int], int]:

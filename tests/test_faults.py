@@ -77,6 +77,8 @@ def app_factory(tmp_path, private_redis) -> Iterator[Callable[..., LiveApp]]:
 
     def start(**kwargs) -> LiveApp:
         kwargs.setdefault("cron", True)
+        # Fan every author out on write: these faults strike in the middle of a long fan-out.
+        kwargs.setdefault("FANOUT_ON_READ_THRESHOLD", "0")
         app = start_live_app(tmp_path / f"logs{len(apps)}", redis_url=private_redis.url, **kwargs)
         apps.append(app)
         return app

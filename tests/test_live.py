@@ -150,7 +150,15 @@ async def test_posted_tweet_reaches_followers_socket_and_author_sees_progress(li
 
         author_frames = await frames_until(author_ws, lambda f: f["type"] == "fanout.done", timeout=10)
         done = author_frames[-1]
-        assert done == {"type": "fanout.done", "tweet_id": tweet_id, "delivered": 1, "recipients": 1, "state": "done"}
+        assert done == {
+            "type": "fanout.done",
+            "tweet_id": tweet_id,
+            "delivered": 1,
+            "recipients": 1,
+            "state": "done",
+            "mode": "write",
+            "live": 1,  # the follower had the page open
+        }
 
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(stranger_ws.recv(), 0.5)

@@ -80,19 +80,34 @@ class HotReads:
         if not session or _USER_ID not in session:
             return None
         user_id = int(session[_USER_ID])
-        async with get_async_redis().pipeline(transaction=False) as pipe:
+        bounds = {"limit": limit + 1, "before": before, "after": after}
+        redis = get_async_redis()
+        async with redis.pipeline(transaction=False) as pipe:
             pipe.get(identity.key(user_id))
             pipe.get(watermark.KEY)  # before the timeline: see fanout.watermark
-            timelines.queue_page(pipe, user_id, limit=limit + 1, before=before, after=after)
-            auth, low_watermark, *page = await pipe.execute()
+            pipe.get(timelines.merged_key(user_id))
+            pipe.get(timelines.READ_AUTHORS_VERSION_KEY)
+            timelines.queue_page(pipe, user_id, **bounds)
+            auth, low_watermark, merged, version, *home = await pipe.execute()
         if auth is None or low_watermark is None:
             return None
         auth = json.loads(auth)
         if not auth["active"] or not constant_time_compare(session.get(_USER_HASH, ""), auth["hash"]):
             return None
-        ids, size = timelines.page_from(*page)
-        if size < 0 or (len(ids) <= limit and size >= settings.TIMELINE_CAP):
-            return None  # not materialized, or the page runs past the capped set into the database
+        authors = timelines.merged_from(merged, version)
+        if authors is None:
+            return None  # which merged-on-read authors this reader follows: Django finds out
+        pages = [timelines.page_from(*home)]
+        if authors:
+            async with redis.pipeline(transaction=False) as pipe:
+                for author_id in authors:
+                    timelines.queue_author_page(pipe, author_id, **bounds)
+                results = await pipe.execute()
+            pages += [timelines.page_from(*results[i : i + 3]) for i in range(0, len(results), 3)]
+        for page_ids, size in pages:
+            if size < 0 or (len(page_ids) <= limit and size >= settings.TIMELINE_CAP):
+                return None  # not materialized, or the page runs past a capped set into the database
+        ids = sorted({i for page_ids, _ in pages for i in page_ids}, reverse=True)[: limit + 1]
         tweets = await tweet_cache.get_many_async(ids)
         if any(t is None for t in tweets):
             return None  # a tweet not cached yet, or deleted: Django hydrates (and drops) it

@@ -38,4 +38,6 @@ def fanout_payload(fanout: Fanout) -> dict[str, Any]:
         "delivered": fanout.delivered,
         "enqueued_at": _iso(fanout.enqueued_at),
         "finished_at": _iso(fanout.finished_at),
+        "mode": fanout.mode,
+        "live": fanout.live,
     }

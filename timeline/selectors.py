@@ -13,6 +13,7 @@ from django.db.models import Q
 from redis.exceptions import RedisError
 
 from fanout import timelines, watermark
+from fanout.connection import get_redis
 from timeline import tweet_cache
 from timeline.models import Follow, Tweet
 
@@ -64,6 +65,36 @@ def _rebuild_home(user_id: int) -> None:
     timelines.finish_rebuild(user_id, _home_ids_from_db(user_id, limit=settings.TIMELINE_CAP))
 
 
+def _rebuild_author(author_id: int) -> None:
+    timelines.begin_author_rebuild(author_id)
+    newest = Tweet.objects.filter(author_id=author_id).order_by("-id").values_list("id", flat=True)
+    timelines.finish_author_rebuild(author_id, list(newest[: settings.TIMELINE_CAP]))
+
+
+def merged_authors(user_id: int) -> list[int]:
+    """The authors merged on read (fanout.timelines) that the user follows: cached in Redis until
+    the user follows or unfollows someone, or another author starts being merged on read."""
+    redis = get_redis()
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.get(timelines.merged_key(user_id))
+        pipe.get(timelines.READ_AUTHORS_VERSION_KEY)
+        cached = timelines.merged_from(*pipe.execute())
+    if cached is not None:
+        return cached
+    version, read_authors = timelines.read_authors(redis=redis)
+    authors = (
+        list(
+            Follow.objects.filter(follower_id=user_id, followee_id__in=read_authors).values_list(
+                "followee_id", flat=True
+            )
+        )
+        if read_authors
+        else []
+    )
+    timelines.remember_merged(user_id, version, authors, redis=redis)
+    return authors
+
+
 def home_timeline(
     *, user: AbstractBaseUser, limit: int = DEFAULT_PAGE_SIZE, before: int | None = None, after: int | None = None
 ) -> Page:
@@ -79,13 +110,13 @@ def home_timeline(
     upper = before
     while True:
         want = limit + 1 - len(tweets)  # one more than asked, to know whether there is a next page
-        ids = _home_ids(user.pk, limit=want, before=upper, after=after)
+        ids, authors = _home_ids(user.pk, limit=want, before=upper, after=after)
         found = _hydrate(ids)
         tweets += found
         if len(found) < len(ids):
             gone = set(ids) - {t.pk for t in found}
             with suppress(RedisError):
-                timelines.remove(user.pk, gone)
+                timelines.remove(user.pk, gone, authors=authors)
         if len(ids) < want or len(tweets) > limit:
             return replace(_page(tweets, limit), watermark=low_watermark)
         upper = ids[-1]
@@ -98,23 +129,54 @@ def _watermark() -> int:
         return watermark.compute()
 
 
-def _home_ids(user_id: int, *, limit: int, before: int | None, after: int | None) -> list[int]:
+def _home_ids(user_id: int, *, limit: int, before: int | None, after: int | None) -> tuple[list[int], list[int]]:
+    """The page's tweet ids, and the merged-on-read authors they were merged from."""
     try:
         return _home_ids_from_redis(user_id, limit=limit, before=before, after=after)
     except RedisError as exc:
         logger.warning("home timeline of user %s read from the database: Redis is away (%s)", user_id, exc)
-        return _home_ids_from_db(user_id, limit=limit, before=before, after=after)
+        return _home_ids_from_db(user_id, limit=limit, before=before, after=after), []
 
 
-def _home_ids_from_redis(user_id: int, *, limit: int, before: int | None, after: int | None) -> list[int]:
+def _home_ids_from_redis(
+    user_id: int, *, limit: int, before: int | None, after: int | None
+) -> tuple[list[int], list[int]]:
     if not timelines.is_materialized(user_id):
         _rebuild_home(user_id)
-    ids, size = timelines.page(user_id, limit=limit, before=before, after=after)
-    if len(ids) < limit and size >= settings.TIMELINE_CAP:
-        # The capped set ran out; anything older is only in the database.
+    authors = merged_authors(user_id)
+    pages = _read_pages(user_id, authors, limit=limit, before=before, after=after)
+    missing = [a for a, (_, size) in zip(authors, pages[1:], strict=True) if size < 0]
+    if missing or pages[0][1] < 0:  # an author's timeline not in Redis (or the home one gone meanwhile)
+        for author_id in missing:
+            _rebuild_author(author_id)
+        if pages[0][1] < 0:
+            _rebuild_home(user_id)
+        pages = _read_pages(user_id, authors, limit=limit, before=before, after=after)
+    ids = sorted({i for page_ids, _ in pages for i in page_ids}, reverse=True)[:limit]
+    # A set at its cap that ran out within this page holds nothing older than its last id (or,
+    # if it gave none, than ``before``): below that floor only the database knows, for every
+    # source at once. Sets that gave a full page cannot leave a gap above the page's last id.
+    floors = [
+        page_ids[-1] if page_ids else before
+        for page_ids, size in pages
+        if size >= settings.TIMELINE_CAP and len(page_ids) < limit
+    ]
+    floors = [f for f in floors if f is not None]
+    if floors and (len(ids) < limit or ids[-1] < max(floors)):
+        ids = [i for i in ids if i >= max(floors)]
         older_than = ids[-1] if ids else before
         ids += _home_ids_from_db(user_id, limit=limit - len(ids), before=older_than, after=after)
-    return ids
+    return ids, authors
+
+
+def _read_pages(user_id: int, authors: list[int], **bounds) -> list[tuple[list[int], int]]:
+    """One round trip: the home timeline's page, and each merged author timeline's."""
+    with get_redis().pipeline(transaction=False) as pipe:
+        timelines.queue_page(pipe, user_id, **bounds)
+        for author_id in authors:
+            timelines.queue_author_page(pipe, author_id, **bounds)
+        results = pipe.execute()
+    return [timelines.page_from(*results[i : i + 3]) for i in range(0, len(results), 3)]
 
 
 def user_tweets(*, author: AbstractBaseUser, limit: int = DEFAULT_PAGE_SIZE, before: int | None = None) -> Page:

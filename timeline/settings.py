@@ -92,6 +92,9 @@ REDIS_URL = config.env_redis_url("REDIS_URL", f"unix://{VAR_DIR / 'redis' / 'red
 FANOUT_QUEUE_CAP = config.env_int("FANOUT_QUEUE_CAP", 100)
 FANOUT_BATCH_SIZE = config.env_int("FANOUT_BATCH_SIZE", 1000, minimum=1, maximum=100_000)
 TIMELINE_CAP = config.env_int("TIMELINE_CAP", 800, minimum=10, maximum=100_000)
+# Authors with more followers than this are merged into their followers' timelines on read
+# instead of fanned out on write (fanout.delivery, fanout.timelines); 0 fans everyone out.
+FANOUT_ON_READ_THRESHOLD = config.env_int("FANOUT_ON_READ_THRESHOLD", 5000)
 # A home timeline nobody reads for this many days leaves Redis (a read renews it); fan-out then
 # stops writing into it, and the owner's next read rebuilds it from the database.
 TIMELINE_IDLE_DAYS = config.env_int("TIMELINE_IDLE_DAYS", 7, minimum=1, maximum=3650)

@@ -70,9 +70,18 @@ export function describeFanout(fanout) {
         text: `Posted · delivering ${delivered.toLocaleString()}/${recipients.toLocaleString()}`,
       };
     case "done":
-      return recipients === 0
-        ? { state: "done", text: "Posted · no followers to deliver to yet" }
-        : { state: "done", text: `Posted · delivered to ${plural(delivered, "follower", "followers")}` };
+      if (recipients === 0) return { state: "done", text: "Posted · no followers to deliver to yet" };
+      if (fanout.mode === "read") {
+        // A big account: written once, merged into each follower's timeline when they read it.
+        const live = Number(fanout.live ?? 0);
+        const later = Math.max(0, recipients - live);
+        return {
+          state: "done",
+          text: `Posted · delivered live to ${plural(live, "online follower", "online followers")}; ` +
+            `${later.toLocaleString()} will read it on demand`,
+        };
+      }
+      return { state: "done", text: `Posted · delivered to ${plural(delivered, "follower", "followers")}` };
     case "failed":
       return { state: "delivery-failed", text: "Posted · delivery to followers failed; it will be retried" };
     default:

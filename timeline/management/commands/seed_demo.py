@@ -29,6 +29,9 @@ PEOPLE = {
 }
 STAFF = ("admin", "admin-demo-pass")
 POPULAR = ("celebrity", "celebrity-demo-pass")
+# Followed by more people than FANOUT_ON_READ_THRESHOLD (5,000): its tweets are merged into
+# its followers' timelines on read, not fanned out on write (fanout.delivery).
+MEGASTAR = ("megastar", "megastar-demo-pass")
 FOLLOWS = [
     ("alice", "bob"),
     ("alice", "carol"),
@@ -40,6 +43,8 @@ FOLLOWS = [
     ("carol", "celebrity"),
     ("dave", "alice"),
     ("dave", "celebrity"),
+    ("alice", "megastar"),
+    ("bob", "megastar"),
 ]
 TWEETS = {
     "alice": ["Hello, timeline!", "Queues turn spikes into waits; caps turn waits into answers."],
@@ -47,6 +52,7 @@ TWEETS = {
     "carol": ["At-least-once plus idempotency is exactly-once where it matters."],
     "dave": ["Back pressure is a feature, not an error."],
     "celebrity": ["Thanks for following, all of you!"],
+    "megastar": ["Hello to every one of you: written once, read by all."],
 }
 
 
@@ -55,24 +61,28 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--fans", type=int, default=1000, help="Followers of the popular account.")
+        parser.add_argument("--stars-fans", type=int, default=6000, help="Followers of the megastar account.")
 
-    def handle(self, *args, fans: int, **options):
+    def handle(self, *args, fans: int, stars_fans: int, **options):
+        accounts = {**PEOPLE, POPULAR[0]: POPULAR[1], MEGASTAR[0]: MEGASTAR[1]}
         with transaction.atomic():
-            users = {name: self._user(name, password) for name, password in {**PEOPLE, POPULAR[0]: POPULAR[1]}.items()}
+            users = {name: self._user(name, password) for name, password in accounts.items()}
             self._user(*STAFF, staff=True)
             for follower, followee in FOLLOWS:
                 Follow.objects.get_or_create(follower=users[follower], followee=users[followee])
-            self._fans(users[POPULAR[0]], fans)
+            self._fans(users[POPULAR[0]], fans, prefix="fan")
+            self._fans(users[MEGASTAR[0]], stars_fans, prefix="starfan")
         for name, bodies in TWEETS.items():
             for i, body in enumerate(bodies):
                 client_id = uuid.uuid5(DEMO_NAMESPACE, f"{name}/{i}")
                 services.tweet_create(author=users[name], body=body, client_id=client_id, admission_control=False)
 
         self.stdout.write(self.style.SUCCESS("Demo data ready. Log in as:"))
-        for name, password in [*PEOPLE.items(), POPULAR]:
+        for name, password in [*PEOPLE.items(), POPULAR, MEGASTAR]:
             self.stdout.write(f"  {name:<10} {password}")
         self.stdout.write(f"  {STAFF[0]:<10} {STAFF[1]}   (staff: /admin/)")
         self.stdout.write(f"  {POPULAR[0]} has {fans} extra followers (fan0000...), to watch a large fan-out.")
+        self.stdout.write(f"  {MEGASTAR[0]} has {stars_fans} (starfan0000...): merged on read, not fanned out.")
 
     def _user(self, name: str, password: str, staff: bool = False):
         # Made once with the demo password; an account that exists is left alone, so a password
@@ -84,10 +94,11 @@ class Command(BaseCommand):
             user.save()
         return user
 
-    def _fans(self, popular, count: int) -> None:
-        # Fans exist to be followers; they cannot log in, so no password needs hashing.
+    def _fans(self, popular, count: int, *, prefix: str) -> None:
+        # Fans exist to be followers, made in bulk; they cannot log in, so no password is hashed.
         unusable = make_password(None)
-        names = [f"fan{i:04d}" for i in range(count)]
+        width = max(4, len(str(count - 1)))
+        names = [f"{prefix}{i:0{width}d}" for i in range(count)]
         existing = set(User.objects.filter(username__in=names).values_list("username", flat=True))
         User.objects.bulk_create([User(username=n, password=unusable) for n in names if n not in existing])
         fan_ids = User.objects.filter(username__in=names).values_list("id", flat=True)
