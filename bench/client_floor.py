@@ -19,8 +19,10 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from common import free_port
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.harness import free_port  # noqa: E402
 
 FRAME = json.dumps(
     {

@@ -58,7 +58,7 @@ from urllib.parse import urlencode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import netns  # noqa: E402
-from bench.common import BASE_DIR  # noqa: E402
+from bench.harness import BASE_DIR  # noqa: E402
 
 SUBNET = "10.77.0"
 ADDRESSES = {"data": 2, "lb": 10, "web1": 11, "web2": 12, "workers": 20, "client": 100}

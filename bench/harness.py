@@ -121,22 +121,25 @@ def wait_for_quiet(*, max_busy: float = 0.15, max_wait: float = 60.0, window: fl
 
 
 class CpuClock:
-    """CPU seconds each named process used since the clock started (``me``: this process)."""
+    """CPU seconds each named process used since the clock started (``me``: this process).
+
+    Processes are told apart by pid: one started after the clock counts whole, from its start."""
 
     def __init__(self, pids: dict[str, int], *, me: str | None = None) -> None:
         self.pids, self.me = pids, me
-        self.start = self._now()
+        self.start = {pid: cpu_seconds(pid) or 0.0 for pid in pids.values()} | self._now()
 
     def _now(self) -> dict[str, float]:
-        now = {name: cpu_seconds(pid) or 0.0 for name, pid in self.pids.items()}
-        if self.me:
-            now[self.me] = time.process_time()
-        return now | {"_machine": machine_busy_seconds(), "_wall": time.monotonic()}
+        return ({self.me: time.process_time()} if self.me else {}) | {
+            "_machine": machine_busy_seconds(),
+            "_wall": time.monotonic(),
+        }
 
-    def read(self) -> dict[str, float]:
-        """Seconds per process, plus ``_machine`` (the whole machine's busy seconds) and ``_wall``."""
-        now = self._now()
-        return {name: now[name] - self.start.get(name, 0.0) for name in now}
+    def read(self, pids: dict[str, int] | None = None) -> dict[str, float]:
+        """Seconds per process (``pids``: those running now, by default the first ones), plus
+        ``_machine`` (the whole machine's busy seconds) and ``_wall``."""
+        used = {name: (cpu_seconds(pid) or 0.0) - self.start.get(pid, 0.0) for name, pid in (pids or self.pids).items()}
+        return used | {name: value - self.start[name] for name, value in self._now().items()}
 
 
 def others_share(used: dict[str, float]) -> float:
@@ -202,7 +205,7 @@ def write_docs(tag: str, text: str, *, heading: str) -> None:
     tmp = DOCS.with_suffix(f".md.tmp-{os.getpid()}")
     tmp.write_text(new)
     tmp.replace(DOCS)
-    log(f"docs: {DOCS.relative_to(BASE_DIR)} ({tag})")
+    log(f"docs: {DOCS} ({tag})")
 
 
 # -- processes --------------------------------------------------------------------------------------
@@ -557,10 +560,11 @@ class World:
         return self._sql.execute(query, args).fetchall()
 
     def fanout(self, tweet_id: int) -> dict:
-        """The tweet's outbox row; times as UNIX seconds (Django stores UTC)."""
-        columns = ("state", "delivered", "recipients", "attempts", "enqueued_at", "started_at", "finished_at")
+        """The tweet's outbox row, its times as UNIX seconds (Django stores UTC)."""
+        times = ("enqueued_at", "started_at", "finished_at", "lease_expires_at")
+        columns = ("state", "delivered", "recipients", "attempts", *times)
         row = self.sql(f"SELECT {', '.join(columns)} FROM fanout_fanout WHERE tweet_id = ?", tweet_id)
-        return dict(zip(columns, row[0], strict=True)) if row else {}
+        return {k: timestamp(v) if k in times else v for k, v in zip(columns, row[0], strict=True)} if row else {}
 
     def post(self, session: str, body: str, *, timeout: float = 10) -> tuple[int, dict, dict]:
         """POST /api/tweets as a browser (session cookie, CSRF pair): (status, headers, JSON answer)."""
@@ -592,6 +596,59 @@ def wait_until(check, *, timeout: float, every: float = 0.01):
             return value
         time.sleep(every)
     raise TimeoutError(f"gave up after {timeout:.0f} s")
+
+
+def run_loadgen(
+    world: World,
+    *,
+    out: Path,
+    duration: float,
+    rate: float | None = None,
+    concurrency: int | None = None,
+    drain_timeout: float = 240,
+    max_in_flight: int = 256,
+) -> tuple[dict, dict[str, float]]:
+    """Post with bench/loadgen.py as the template's authors; its JSON report, and the CPU seconds each
+    process used during the load (``loadgen``'s own count; ``_others_cores``: the rest of the machine).
+
+    Its output goes to ``out`` with the suffix .log, and a summary of it to stdout."""
+    cookies = world.tmp / "sessions.json"
+    cookies.write_text(json.dumps({"sessions": world.template.people["authors"]}))
+    cmd = [sys.executable, str(BASE_DIR / "bench" / "loadgen.py"), "--url", world.url, "--duration", str(duration)]
+    cmd += ["--cookies-from", str(cookies), "--json-out", str(out), "--drain-timeout", str(drain_timeout)]
+    cmd += ["--max-in-flight", str(max_in_flight)]
+    cmd += ["--concurrency", str(concurrency)] if concurrency else ["--rate", f"{rate:.2f}"]
+    clock = CpuClock(world.pids())
+    process = subprocess.Popen(
+        cmd,
+        cwd=BASE_DIR,
+        env=world.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=die_with_parent,
+    )
+    used: dict[str, float] = {}
+    lines = []
+    try:
+        for line in process.stdout:  # CPU is read when the load ends, before the drain and the check
+            lines.append(line)
+            if not used and line.startswith("load over"):
+                used = clock.read()
+        process.wait(timeout=drain_timeout + duration + 120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    out.with_suffix(".log").write_text("".join(lines))
+    print("".join(line for line in lines if not line.startswith("  waiting")), end="", flush=True)
+    if process.returncode not in (0, 2):
+        raise RuntimeError(f"loadgen exited with {process.returncode}:\n{''.join(lines[-30:])}")
+    data = json.loads(out.read_text())
+    used["loadgen"] = data["summary"]["client_cpu_s"]  # its own count, over the load only
+    if "_wall" in used:
+        used["_others_cores"] = others_share(used) * CORES
+    return data, used
 
 
 # -- HTTP/1.1 on asyncio, with keep-alive, for clients that must not block their event loop ---------

@@ -51,69 +51,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(BASE_DIR))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.harness import Pool, header, new_sessions, percentile, post_request  # noqa: E402
 
-CSRF_TOKEN = "b" * 32  # any 32 characters: Django compares the cookie with the header
-OVERFLOW, TIMEOUT, CONN_ERROR = -1, -2, -3  # pseudo-statuses of requests that got no answer
+TIMEOUT, CONN_ERROR = -2, -3  # pseudo-statuses of requests that got no answer
 # A 503 is load shedding only with the "overloaded" code; "unavailable" means Redis failed.
 UNAVAILABLE = 1503
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default), q in [0, 100]."""
-    if not values:
-        return None
-    s = sorted(values)
-    pos = (len(s) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
 def ms(value: float | None) -> float | None:
     return None if value is None else round(value * 1000, 2)
 
 
-# -- Django: sessions before the run, checks after it ---------------------------------------------
-
-
-def django_setup() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "timeline.settings")
-    import django
-
-    django.setup()
-
-
-def new_session(user) -> str:
-    """Log a user in by writing a session row (what django.contrib.auth.login stores)."""
-    from datetime import timedelta
-
-    from django.conf import settings
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-    from django.contrib.sessions.backends.db import SessionStore
-    from django.contrib.sessions.models import Session
-    from django.utils import timezone
-    from django.utils.crypto import get_random_string
-
-    key = get_random_string(32, "abcdefghijklmnopqrstuvwxyz0123456789")
-    data = {
-        SESSION_KEY: str(user.pk),
-        BACKEND_SESSION_KEY: settings.AUTHENTICATION_BACKENDS[0],
-        HASH_SESSION_KEY: user.get_session_auth_hash(),
+def p50_p99_max(values, scale=lambda v: v) -> dict:
+    return {
+        "p50": scale(percentile(values, 50)),
+        "p99": scale(percentile(values, 99)),
+        "max": scale(max(values, default=None)),
     }
-    Session.objects.create(
-        session_key=key, session_data=SessionStore().encode(data), expire_date=timezone.now() + timedelta(hours=6)
-    )
-    return key
 
 
-def make_sessions(*, users: int, usernames: list[str] | None) -> list[dict]:
-    """Sessions for the users to post as: the named ones, or the ``users`` most-followed."""
+# -- Django: sessions before the run, checks after it -----------------------------------------------
+
+
+def users_to_post_as(args) -> list:
+    """The named users, or the ``--users`` most-followed ones."""
     from django.contrib.auth import get_user_model
     from django.db.models import Count
 
     User = get_user_model()
+    usernames = [u.strip() for u in args.usernames.split(",") if u.strip()]
     if usernames:
         chosen = list(User.objects.filter(username__in=usernames, is_active=True).order_by("pk"))
         missing = set(usernames) - {u.username for u in chosen}
@@ -122,23 +89,25 @@ def make_sessions(*, users: int, usernames: list[str] | None) -> list[dict]:
     else:
         # The most-followed users first, so that the posts make fan-out work (on the demo data:
         # celebrity, then alice, bob, carol, dave, then fans).
-        chosen = list(
-            User.objects.filter(is_active=True, is_staff=False)
-            .annotate(n=Count("follower_set"))
-            .order_by("-n", "pk")[:users]
-        )
+        users = User.objects.filter(is_active=True, is_staff=False).annotate(n=Count("follower_set"))
+        chosen = list(users.order_by("-n", "pk")[: args.users])
     if not chosen:
         raise SystemExit("no users to post as: is this the right database?")
-    return [{"user_id": u.pk, "username": u.username, "session": new_session(u)} for u in chosen]
+    return chosen
 
 
-def staff_session(username: str) -> dict:
+def staff_user(username: str):
     from django.contrib.auth import get_user_model
 
     user = get_user_model().objects.filter(username=username, is_staff=True, is_active=True).first()
     if user is None:
         raise SystemExit(f"--depth-source stats needs a staff user; {username!r} is not one")
-    return {"user_id": user.pk, "username": user.username, "session": new_session(user)}
+    return user
+
+
+def log_in(users: list) -> list[dict]:
+    keys = new_sessions(users, hours=6)
+    return [{"user_id": u.pk, "username": u.username, "session": keys[u.pk]} for u in users]
 
 
 def delete_sessions(keys: list[str]) -> None:
@@ -156,70 +125,52 @@ def read_cookies(path: Path) -> list[dict]:
     return [{"user_id": None, "username": None, "session": k} for k in keys]
 
 
-def redis_url_from_settings() -> str:
-    from django.conf import settings
-
-    return settings.REDIS_URL
-
-
 def tweets_by_client_id(client_ids: list[str]) -> dict[str, int]:
     """The tweets the server made for these client_ids (whatever the client saw)."""
     from timeline.models import Tweet
 
     found: dict[str, int] = {}
     for i in range(0, len(client_ids), 500):
-        for tweet_id, client_id in Tweet.objects.filter(client_id__in=client_ids[i : i + 500]).values_list(
-            "id", "client_id"
-        ):
-            found[str(client_id)] = tweet_id
+        rows = Tweet.objects.filter(client_id__in=client_ids[i : i + 500]).values_list("id", "client_id")
+        found.update((str(client_id), tweet_id) for tweet_id, client_id in rows)
     return found
 
 
 def wait_for_delivery(
-    accepted: list[int],
-    *,
-    timeout: float,
-    log,
-    redis_url: str | None = None,
-    t0_wall: float = 0.0,
-    depth: list | None = None,
+    accepted: list[int], *, timeout: float, redis_url: str | None, t0_wall: float, depth: list
 ) -> tuple[float, dict[str, int]]:
-    """Wait until every accepted tweet's fan-out is done (or failed for good), within ``timeout``.
-
-    With ``depth``, the queue depth goes on being sampled meanwhile (the backlog draining)."""
+    """Wait until every accepted tweet's fan-out is done, within ``timeout``; with ``redis_url``,
+    the queue depth goes on being sampled meanwhile (the backlog draining)."""
     import redis as redis_lib
 
     from fanout.admission import QUEUE_KEY, RESERVATIONS_KEY
     from fanout.models import Fanout
 
-    client = redis_lib.Redis.from_url(redis_url) if (redis_url and depth is not None) else None
-
     if not accepted:
         return 0.0, {}
+    client = redis_lib.Redis.from_url(redis_url) if redis_url else None
     wanted = set(accepted)
-    t0 = time.monotonic()
-    last_log = t0
-    states: dict[str, int] = {}
+    t0 = last_log = time.monotonic()
     while True:
-        rows = (
-            Fanout.objects.filter(tweet_id__gte=min(wanted))
-            .exclude(state=Fanout.State.DONE)
-            .values_list("tweet_id", "state")
-        )
-        states = {}
-        for tweet_id, state in rows:
+        states: dict[str, int] = {}
+        not_done = Fanout.objects.filter(tweet_id__gte=min(wanted)).exclude(state=Fanout.State.DONE)
+        for tweet_id, state in not_done.values_list("tweet_id", "state"):
             if tweet_id in wanted:
                 states[state] = states.get(state, 0) + 1
         waited = time.monotonic() - t0
         if client is not None:
             with contextlib.suppress(Exception):
-                depth.append(
-                    DepthSample(time.time() - t0_wall, int(client.llen(QUEUE_KEY)), int(client.zcard(RESERVATIONS_KEY)))
+                sample = DepthSample(
+                    time.time() - t0_wall, int(client.llen(QUEUE_KEY)), int(client.zcard(RESERVATIONS_KEY))
                 )
+                depth.append(sample)
         if not states or waited > timeout:
             return waited, states
         if time.monotonic() - last_log > 5:
-            log(f"  waiting for delivery: {sum(states.values())} fan-out(s) not done yet {states} ({waited:.0f}s)")
+            print(
+                f"  waiting for delivery: {sum(states.values())} fan-out(s) not done yet {states} ({waited:.0f}s)",
+                flush=True,
+            )
             last_log = time.monotonic()
         time.sleep(0.5)
 
@@ -233,37 +184,18 @@ def verify(accepted: list[int], *, redis_url: str) -> dict:
     from fanout.models import Fanout
     from timeline.models import Follow, Tweet
 
-    result = {
-        "accepted": len(accepted),
-        "missing_in_db": 0,
-        "not_done": 0,
-        "delivered_short": 0,
-        "recipients_not_followers": 0,
-        "missing_from_timelines": 0,
-        "timeline_misses": 0,
-        "timeline_checks": 0,
-        "materialized_timelines": 0,
-        "lost": 0,
-    }
+    counts = ("missing_in_db", "not_done", "delivered_short", "recipients_not_followers", "missing_from_timelines")
+    result = {"accepted": len(accepted), **dict.fromkeys(counts, 0), "timeline_misses": 0, "timeline_checks": 0}
+    result |= {"materialized_timelines": 0, "lost": 0}
     if not accepted:
         return result
-    wanted = set(accepted)
+    wanted, low = set(accepted), min(accepted)
     rows = {}
-    low = min(wanted)
     phases: dict[str, list[float]] = {"enqueue": [], "queue_wait": [], "run": []}
+    columns = ("tweet_id", "tweet__author_id", "tweet__created_at", "state", "delivered", "recipients")
     for tweet_id, author_id, created, state, delivered, recipients, enqueued, started, finished in (
         Fanout.objects.filter(tweet_id__gte=low)
-        .values_list(
-            "tweet_id",
-            "tweet__author_id",
-            "tweet__created_at",
-            "state",
-            "delivered",
-            "recipients",
-            "enqueued_at",
-            "started_at",
-            "finished_at",
-        )
+        .values_list(*columns, "enqueued_at", "started_at", "finished_at")
         .iterator(chunk_size=2000)
     ):
         if tweet_id in wanted:
@@ -290,15 +222,12 @@ def verify(accepted: list[int], *, redis_url: str) -> dict:
                 pipe.zrange(timelines.key(u), 0, -1)
             answers = pipe.execute()
         for u, members in zip(chunk, answers, strict=True):
-            if not members:
-                continue  # not materialized: rebuilt from the database on read, nothing to check
-            ids = {int(m) for m in members} - {0}
-            full = len(ids) >= settings.TIMELINE_CAP
-            held[u] = (ids, min(ids) if full and ids else None)
+            if members:  # else not materialized: rebuilt from the database on read, nothing to check
+                ids = {int(m) for m in members} - {0}
+                held[u] = (ids, min(ids) if ids and len(ids) >= settings.TIMELINE_CAP else None)
     result["materialized_timelines"] = len(held)
 
-    lost_ids = set()
-    details: list[dict] = []  # the first few lost tweets, with what is wrong with them
+    lost_ids, details = set(), []  # the first few lost tweets, with what is wrong with them
     accept_to_done: dict[int, tuple[float, float]] = {}
     for tweet_id in accepted:
         row = rows.get(tweet_id)
@@ -319,14 +248,11 @@ def verify(accepted: list[int], *, redis_url: str) -> dict:
         accept_to_done[tweet_id] = (created.timestamp(), (finished - created).total_seconds())
         missing_here = []
         for u in (author_id, *followers[author_id]):
-            entry = held.get(u)
-            if entry is None:
-                continue
-            result["timeline_checks"] += 1
-            ids, oldest_kept = entry
-            if tweet_id in ids or (oldest_kept is not None and tweet_id < oldest_kept):
-                continue  # there, or trimmed from a full timeline as older than all it keeps
-            missing_here.append(u)
+            if u in held:
+                result["timeline_checks"] += 1
+                ids, oldest_kept = held[u]
+                if tweet_id not in ids and (oldest_kept is None or tweet_id >= oldest_kept):
+                    missing_here.append(u)  # neither there nor trimmed from a full timeline as too old
         if missing_here:
             result["timeline_misses"] += len(missing_here)
             result["missing_from_timelines"] += 1
@@ -342,118 +268,13 @@ def verify(accepted: list[int], *, redis_url: str) -> dict:
                         "timeline_sizes": [len(held[u][0]) for u in missing_here[:10]],
                     }
                 )
-    result["lost"] = len(lost_ids)
-    result["lost_sample"] = sorted(lost_ids)[:20]
-    result["lost_details"] = details
+    result |= {"lost": len(lost_ids), "lost_sample": sorted(lost_ids)[:20], "lost_details": details}
     result["_accept_to_done"] = accept_to_done
-    result["phases_s"] = {
-        name: {"p50": percentile(v, 50), "p99": percentile(v, 99), "max": max(v, default=None)}
-        for name, v in phases.items()
-    }
+    result["phases_s"] = {name: p50_p99_max(v) for name, v in phases.items()}
     return result
 
 
-# -- the HTTP client: HTTP/1.1 with keep-alive on asyncio streams ---------------------------------
-
-
-class HTTPConnection:
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self.used = 0
-
-    async def open(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-
-    async def request(self, data: bytes) -> tuple[int, bytes, bytes]:
-        """Send one whole request; return (status, header block, body)."""
-        self.used += 1
-        self.writer.write(data)
-        await self.writer.drain()
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        lower = head.lower()
-        at = lower.find(b"\r\ncontent-length:")
-        if at >= 0:
-            end = lower.find(b"\r\n", at + 2)
-            body = await self.reader.readexactly(int(lower[at + 17 : end]))
-        elif b"transfer-encoding: chunked" in lower:
-            parts = []
-            while True:
-                size = int((await self.reader.readline()).split(b";")[0], 16)
-                if size == 0:
-                    await self.reader.readline()
-                    break
-                parts.append(await self.reader.readexactly(size))
-                await self.reader.readline()
-            body = b"".join(parts)
-        else:
-            body = await self.reader.read()
-            self.close()
-        if b"\r\nconnection: close" in lower:
-            self.close()
-        return status, head, body
-
-    @property
-    def closed(self) -> bool:
-        return self.writer is None or self.writer.is_closing()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-
-
-class Pool:
-    """Idle keep-alive connections; a request takes one or opens one, and gives it back."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.idle: list[HTTPConnection] = []
-        self.opened = 0
-
-    async def request(self, data: bytes, *, timeout: float) -> tuple[int, bytes, bytes]:
-        # A kept-alive connection may have been closed by the server just before we use it; the
-        # POST is then sent again once on a fresh one (safe: the client_id makes it idempotent).
-        for attempt in range(2):
-            reused = bool(self.idle)
-            conn = self.idle.pop() if reused else HTTPConnection(self.host, self.port)
-            try:
-                async with asyncio.timeout(timeout):
-                    if not reused:
-                        self.opened += 1
-                        await conn.open()
-                    answer = await conn.request(data)
-            except (ConnectionError, asyncio.IncompleteReadError) as exc:
-                conn.close()
-                if reused and attempt == 0 and (not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial):
-                    continue
-                raise
-            except BaseException:
-                conn.close()
-                raise
-            if not conn.closed:
-                self.idle.append(conn)
-            return answer
-        raise ConnectionError("unreachable")
-
-    def close(self) -> None:
-        for conn in self.idle:
-            conn.close()
-        self.idle.clear()
-
-
-def build_post(host_header: str, session: str, client_id: str, text: str) -> bytes:
-    body = json.dumps({"body": text, "client_id": client_id}).encode()
-    return (
-        f"POST /api/tweets HTTP/1.1\r\nHost: {host_header}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nCookie: sessionid={session}; csrftoken={CSRF_TOKEN}\r\n"
-        f"X-CSRFToken: {CSRF_TOKEN}\r\n\r\n"
-    ).encode() + body
-
-
-# -- the run --------------------------------------------------------------------------------------
+# -- the run ------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -477,16 +298,9 @@ class DepthSample:
 
 
 async def poll_depth(
-    *,
-    source: str,
-    redis_url: str | None,
-    pool: Pool | None,
-    stats_request: bytes | None,
-    t0: float,
-    end: float,
-    samples: list[DepthSample],
-    every: float = 0.2,
+    *, source: str, redis_url: str, pool: Pool, stats_request: bytes | None, t0: float, end: float, samples: list
 ) -> None:
+    """Sample the queue depth every 200 ms, from Redis or from /api/stats."""
     loop = asyncio.get_running_loop()
     client = None
     if source == "redis":
@@ -514,29 +328,28 @@ async def poll_depth(
                 if tick == 0:
                     print(f"  depth sampling failed: {exc!r}", file=sys.stderr)
             tick += 1
-            await asyncio.sleep(max(0.0, t0 + tick * every - loop.time()))
+            await asyncio.sleep(max(0.0, t0 + tick * 0.2 - loop.time()))
     finally:
         if client is not None:
             await client.aclose()
 
 
-async def run_load(args, sessions: list[dict], staff: dict | None, redis_url: str | None) -> dict:
+async def run_load(args, sessions: list[dict], staff: dict | None, redis_url: str) -> dict:
     parts = urlsplit(args.url)
     host, port = parts.hostname, parts.port or 80
     host_header = f"{host}:{port}"
     loop = asyncio.get_running_loop()
     pool = Pool(host, port)
     rec = Record()
-    in_flight = 0
-    max_in_flight_seen = 0
+    in_flight = max_in_flight_seen = 0
     tasks: set[asyncio.Task] = set()
     run_tag = uuid.uuid4().hex[:6]
 
     async def one(i: int, sched: float, t_sched_abs: float) -> None:
         nonlocal in_flight
-        session = sessions[i % len(sessions)]["session"]
         client_id = str(uuid.uuid4())
-        data = build_post(host_header, session, client_id, f"load test {run_tag} #{i}")
+        payload = {"body": f"load test {run_tag} #{i}", "client_id": client_id}
+        data = post_request(host_header, sessions[i % len(sessions)]["session"], payload)
         sent = loop.time()
         status, tweet_id, retry_after = CONN_ERROR, 0, 0
         try:
@@ -546,9 +359,7 @@ async def run_load(args, sessions: list[dict], staff: dict | None, redis_url: st
                 at = body.find(b'"id":') + 5
                 tweet_id = int(body[at : body.find(b",", at)])
             elif status in (429, 503):
-                at = head.lower().find(b"\r\nretry-after:")
-                if at >= 0:
-                    retry_after = int(head[at + 14 : head.find(b"\r\n", at + 2)])
+                retry_after = int(header(head, b"retry-after") or 0)
                 if status == 503 and b'"overloaded"' not in body:
                     status = UNAVAILABLE
         except TimeoutError:
@@ -578,43 +389,41 @@ async def run_load(args, sessions: list[dict], staff: dict | None, redis_url: st
     t0 = loop.time() + 0.2
     wall0 = time.time() + (t0 - loop.time())
     end = t0 + args.duration
-    stats_request = None
-    if args.depth_source == "stats":
-        stats_request = (
-            f"GET /api/stats HTTP/1.1\r\nHost: {host_header}\r\nCookie: sessionid={staff['session']}\r\n\r\n"
-        ).encode()
     poller = None
     if args.depth_source != "none":
+        stats = (
+            f"GET /api/stats HTTP/1.1\r\nHost: {host_header}\r\nCookie: sessionid={staff['session']}\r\n\r\n"
+            if staff
+            else ""
+        )
         poller = loop.create_task(
             poll_depth(
                 source=args.depth_source,
                 redis_url=redis_url,
                 pool=Pool(host, port),
-                stats_request=stats_request,
+                stats_request=stats.encode() if staff else None,
                 t0=t0,
                 end=end + 0.5,
                 samples=depth_samples,
             )
         )
     overflow_sched: list[float] = []
-    sent = 0
     if args.concurrency:  # closed model: K posters, each waits for its answer before the next
         counter = iter(range(10**9))
 
         async def poster() -> None:
-            nonlocal in_flight
+            nonlocal in_flight, max_in_flight_seen
             while loop.time() < end:
-                i = next(counter)
                 now = loop.time()
                 in_flight += 1
-                await one(i, now - t0, now)
+                max_in_flight_seen = max(max_in_flight_seen, in_flight)
+                await one(next(counter), now - t0, now)
 
         await asyncio.sleep(max(0.0, t0 - loop.time()))
         await asyncio.gather(*(poster() for _ in range(args.concurrency)))
         sent = len(rec.status)
     else:  # open model: request i is due at t0 + i / rate, sent then whatever else is going on
-        total = int(round(args.rate * args.duration))
-        i = 0
+        total, i, sent = int(round(args.rate * args.duration)), 0, 0
         while i < total:
             now = loop.time()
             while i < total and t0 + i / args.rate <= now:
@@ -652,7 +461,7 @@ async def run_load(args, sessions: list[dict], staff: dict | None, redis_url: st
     }
 
 
-# -- the report -----------------------------------------------------------------------------------
+# -- the report -------------------------------------------------------------------------------------
 
 
 def summarize(args, run: dict, check: dict | None, drain_seconds: float | None, not_done: dict | None) -> dict:
@@ -665,6 +474,7 @@ def summarize(args, run: dict, check: dict | None, drain_seconds: float | None, 
     overflow = len(run["overflow_sched"])
     acc_lat = [lat for lat, s in zip(rec.latency, rec.status, strict=True) if s == 202]
     shed_lat = [lat for lat, s in zip(rec.latency, rec.status, strict=True) if s == 503]
+    shed_retry_after = [r for r, s in zip(rec.retry_after, rec.status, strict=True) if s == 503]
     depths = [d for d in run["depth"] if d.depth >= 0 and d.t <= duration + 1]
     offered = len(rec.status) + overflow
     a2d = sorted(v for _, v in (check or {}).get("_accept_to_done", {}).values())
@@ -688,26 +498,15 @@ def summarize(args, run: dict, check: dict | None, drain_seconds: float | None, 
         "client_cpu_s": round(run["client_cpu_s"], 2),
         "send_lag_p99_ms": ms(percentile(rec.sent_lag, 99)),
         "send_lag_max_ms": ms(max(rec.sent_lag, default=None)),
-        "accepted_latency_ms": {
-            "p50": ms(percentile(acc_lat, 50)),
-            "p99": ms(percentile(acc_lat, 99)),
-            "max": ms(max(acc_lat, default=None)),
-        },
-        "shed_latency_ms": {
-            "p50": ms(percentile(shed_lat, 50)),
-            "p99": ms(percentile(shed_lat, 99)),
-            "max": ms(max(shed_lat, default=None)),
-        },
-        "retry_after_s": {
-            "min": min((r for r, s in zip(rec.retry_after, rec.status, strict=True) if s == 503), default=None),
-            "max": max((r for r, s in zip(rec.retry_after, rec.status, strict=True) if s == 503), default=None),
-        },
+        "accepted_latency_ms": p50_p99_max(acc_lat, ms),
+        "shed_latency_ms": p50_p99_max(shed_lat, ms),
+        "retry_after_s": {"min": min(shed_retry_after, default=None), "max": max(shed_retry_after, default=None)},
         "depth_source": args.depth_source,
         "max_depth": max((d.depth for d in depths), default=None),
         "max_depth_plus_reserved": max((d.depth + d.reserved for d in depths), default=None),
         "drain_wait_s": None if drain_seconds is None else round(drain_seconds, 2),
         "not_done_after_wait": not_done,
-        "accept_to_done_s": {"p50": percentile(a2d, 50), "p99": percentile(a2d, 99), "max": a2d[-1] if a2d else None},
+        "accept_to_done_s": p50_p99_max(a2d),
     }
     if check is not None:
         summary["check"] = {k: v for k, v in check.items() if not k.startswith("_")}
@@ -719,62 +518,45 @@ def time_series(args, run: dict, check: dict | None) -> list[dict]:
     rec: Record = run["rec"]
     a2d = (check or {}).get("_accept_to_done", {})
     t0_wall = run["t0_wall"]
-    horizon = int(math.ceil(args.duration))
     done_at = [created - t0_wall + v for created, v in a2d.values()]
-    if done_at:
-        horizon = max(horizon, int(max(done_at)) + 1)
+    horizon = max(int(math.ceil(args.duration)), int(max(done_at)) + 1 if done_at else 0)
     horizon = min(horizon, int(args.duration + args.drain_timeout + 60))
+    counts = ("offered", "accepted", "shed", "other", "overflow", "fanout_done")
     rows = [
         {
             "t": s,
-            "offered": 0,
-            "accepted": 0,
-            "shed": 0,
-            "other": 0,
-            "overflow": 0,
+            **dict.fromkeys(counts, 0),
             "_acc": [],
             "_shed": [],
+            "_a2d": [],
             "max_depth": None,
             "max_reserved": None,
-            "fanout_done": 0,
-            "_a2d": [],
         }
         for s in range(horizon)
     ]
 
     def row(t: float):
-        s = int(t)
-        return rows[s] if 0 <= s < horizon else None
+        return rows[int(t)] if 0 <= int(t) < horizon else None
 
     for t, lat, s in zip(rec.sched, rec.latency, rec.status, strict=True):
-        r = row(t)
-        if r is None:
-            continue
-        r["offered"] += 1
-        if s == 202:
-            r["accepted"] += 1
-            r["_acc"].append(lat)
-        elif s == 503:
-            r["shed"] += 1
-            r["_shed"].append(lat)
-        else:
-            r["other"] += 1
+        if (r := row(t)) is not None:
+            r["offered"] += 1
+            kind = {202: ("accepted", "_acc"), 503: ("shed", "_shed")}.get(s)
+            r[kind[0] if kind else "other"] += 1
+            if kind:
+                r[kind[1]].append(lat)
     for t in run["overflow_sched"]:
-        r = row(t)
-        if r is not None:
+        if (r := row(t)) is not None:
             r["offered"] += 1
             r["overflow"] += 1
     for d in run["depth"]:
-        r = row(d.t)
-        if r is not None and d.depth >= 0:
+        if (r := row(d.t)) is not None and d.depth >= 0:
             r["max_depth"] = max(r["max_depth"] or 0, d.depth)
             r["max_reserved"] = max(r["max_reserved"] or 0, d.reserved)
     for created, v in a2d.values():
-        r = row(created - t0_wall)
-        if r is not None:
+        if (r := row(created - t0_wall)) is not None:
             r["_a2d"].append(v)
-        r = row(created - t0_wall + v)
-        if r is not None:
+        if (r := row(created - t0_wall + v)) is not None:
             r["fanout_done"] += 1
     for r in rows:
         r["accepted_p99_ms"] = ms(percentile(r.pop("_acc"), 99))
@@ -787,56 +569,45 @@ def time_series(args, run: dict, check: dict | None) -> list[dict]:
 
 
 def fmt(value, unit: str = "", digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.{digits}f}{unit}"
+    return "-" if value is None else f"{value:.{digits}f}{unit}"
 
 
 def print_report(s: dict) -> None:
-    print(f"\n== load on {s['url']} ({s['model']}, {s['duration_s']} s, {s['users']} users)")
-    print(f"offered     {s['offered']:>7}  ({s['offered_per_s']:.1f}/s; target {s['rate_target'] or '-'}/s)")
-    print(
-        f"accepted    {s['accepted']:>7}  ({s['accepted_per_s']:.1f}/s)  latency p50 {fmt(s['accepted_latency_ms']['p50'], ' ms')}, "
-        f"p99 {fmt(s['accepted_latency_ms']['p99'], ' ms')}"
-    )
-    print(
-        f"shed (503)  {s['shed']:>7}  ({s['shed_per_s']:.1f}/s)  latency p50 {fmt(s['shed_latency_ms']['p50'], ' ms')}, "
-        f"p99 {fmt(s['shed_latency_ms']['p99'], ' ms')}; Retry-After {s['retry_after_s']['min']}..{s['retry_after_s']['max']} s"
-    )
+    acc, shed, a2d = s["accepted_latency_ms"], s["shed_latency_ms"], s["accept_to_done_s"]
     others = {k: v for k, v in s["statuses"].items() if k not in ("202", "503")}
-    print(f"other       {sum(others.values()):>7}  {others or ''}")
-    print(f"overflow    {s['client_overflow']:>7}  (not sent: {s['max_in_flight']} requests already in flight)")
-    print(
+    lines = [
+        f"\n== load on {s['url']} ({s['model']}, {s['duration_s']} s, {s['users']} users)",
+        f"offered     {s['offered']:>7}  ({s['offered_per_s']:.1f}/s; target {s['rate_target'] or '-'}/s)",
+        f"accepted    {s['accepted']:>7}  ({s['accepted_per_s']:.1f}/s)  latency p50 {fmt(acc['p50'], ' ms')}, "
+        f"p99 {fmt(acc['p99'], ' ms')}",
+        f"shed (503)  {s['shed']:>7}  ({s['shed_per_s']:.1f}/s)  latency p50 {fmt(shed['p50'], ' ms')}, "
+        f"p99 {fmt(shed['p99'], ' ms')}; Retry-After {s['retry_after_s']['min']}..{s['retry_after_s']['max']} s",
+        f"other       {sum(others.values()):>7}  {others or ''}",
+        f"overflow    {s['client_overflow']:>7}  (not sent: {s['max_in_flight']} requests already in flight)",
         f"client      send lag p99 {fmt(s['send_lag_p99_ms'], ' ms')}, max in flight {s['max_in_flight_seen']}, "
-        f"{s['connections_opened']} connections, {s['client_cpu_s']:.1f} s of CPU"
-    )
-    print(
-        f"queue       max depth {s['max_depth']} (with reservations {s['max_depth_plus_reserved']}; via {s['depth_source']})"
-    )
-    a2d = s["accept_to_done_s"]
-    print(
-        f"fan-out     accept->done p50 {fmt(a2d['p50'], ' s', 2)}, p99 {fmt(a2d['p99'], ' s', 2)}, max {fmt(a2d['max'], ' s', 2)}; "
-        f"drained {fmt(s['drain_wait_s'], ' s')} after the run"
-    )
-    phases = (s.get("check") or {}).get("phases_s")
-    if phases:
-        print(
-            "            of which "
-            + ", ".join(
-                f"{name.replace('_', ' ')} p50 {fmt(p['p50'], ' s', 3)} p99 {fmt(p['p99'], ' s', 3)}"
-                for name, p in phases.items()
-            )
-        )
+        f"{s['connections_opened']} connections, {s['client_cpu_s']:.1f} s of CPU",
+        f"queue       max depth {s['max_depth']} (with reservations {s['max_depth_plus_reserved']}; "
+        f"via {s['depth_source']})",
+        f"fan-out     accept->done p50 {fmt(a2d['p50'], ' s', 2)}, p99 {fmt(a2d['p99'], ' s', 2)}, "
+        f"max {fmt(a2d['max'], ' s', 2)}; drained {fmt(s['drain_wait_s'], ' s')} after the run",
+    ]
     c = s.get("check")
+    if c and c.get("phases_s"):
+        phases = (
+            f"{k.replace('_', ' ')} p50 {fmt(p['p50'], ' s', 3)} p99 {fmt(p['p99'], ' s', 3)}"
+            for k, p in c["phases_s"].items()
+        )
+        lines.append("            of which " + ", ".join(phases))
     if c is not None:
         verdict = "zero accepted tweets lost" if c["lost"] == 0 else f"LOST {c['lost']} accepted tweet(s)"
-        print(
+        lines.append(
             f"check       {verdict}: {c['accepted']} accepted ({c['accepted_without_202_seen']} of them made by posts "
             f"whose 202 the client did not see); missing in db {c['missing_in_db']}, not done {c['not_done']}, "
             f"delivered < recipients {c['delivered_short']}, missing from timelines {c['missing_from_timelines']} "
             f"({c['timeline_checks']} timeline entries checked in {c['materialized_timelines']} materialized timelines); "
             f"503 answers that made a tweet anyway: {c['shed_but_made']}"
         )
+    print("\n".join(lines))
 
 
 def parse_args(argv=None):
@@ -870,19 +641,16 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    django_setup()
-    redis_url = args.redis_url or redis_url_from_settings()
-    made: list[str] = []  # sessions this run made, deleted at the end
-    if args.cookies_from:
-        sessions = read_cookies(args.cookies_from)
-    else:
-        usernames = [u.strip() for u in args.usernames.split(",") if u.strip()] or None
-        sessions = make_sessions(users=args.users, usernames=usernames)
-        made += [s["session"] for s in sessions]
-    staff = None
-    if args.depth_source == "stats":
-        staff = staff_session(args.staff_user)
-        made.append(staff["session"])
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "timeline.settings")
+    import django
+
+    django.setup()
+    from django.conf import settings
+
+    redis_url = args.redis_url or settings.REDIS_URL
+    sessions = read_cookies(args.cookies_from) if args.cookies_from else log_in(users_to_post_as(args))
+    staff = log_in([staff_user(args.staff_user)])[0] if args.depth_source == "stats" else None
+    made = [s["session"] for s in [*([] if args.cookies_from else sessions), *([staff] if staff else [])]]
     try:
         what = f"{args.concurrency} closed-loop posters" if args.concurrency else f"{args.rate:g}/s"
         print(f"loadgen: {what} for {args.duration:g} s on {args.url} as {len(sessions)} users", flush=True)
@@ -897,37 +665,27 @@ def main(argv=None) -> int:
             # connection) may still have made a tweet, which is then accepted and must be delivered
             # too; a post answered 503 must have made nothing.
             made_tweets = tweets_by_client_id(rec.client_id)
-            seen = set(accepted)
-            unseen = sorted(
-                {
-                    made_tweets[c]
-                    for c, s in zip(rec.client_id, rec.status, strict=True)
-                    if s != 202 and c in made_tweets
-                }
-                - seen
-            )
-            shed_made = sum(1 for c, s in zip(rec.client_id, rec.status, strict=True) if s == 503 and c in made_tweets)
+            answered = list(zip(rec.client_id, rec.status, strict=True))
+            unseen = sorted({made_tweets[c] for c, s in answered if s != 202 and c in made_tweets} - set(accepted))
             drain, not_done = wait_for_delivery(
                 accepted + unseen,
                 timeout=args.drain_timeout,
-                log=lambda m: print(m, flush=True),
                 redis_url=redis_url if args.depth_source == "redis" else None,
                 t0_wall=run["t0_wall"],
                 depth=run["depth"],
             )
             check = verify(accepted + unseen, redis_url=redis_url)
             check["accepted_without_202_seen"] = len(unseen)
-            check["shed_but_made"] = shed_made  # not a loss, but a broken promise: reported on its own
+            # Not a loss, but a broken promise: reported on its own.
+            check["shed_but_made"] = sum(1 for c, s in answered if s == 503 and c in made_tweets)
         summary = summarize(args, run, check, drain, not_done)
         print_report(summary)
         if args.json_out:
             args.json_out.parent.mkdir(parents=True, exist_ok=True)
-            series = time_series(args, run, check)
             depth = [[round(d.t, 3), d.depth, d.reserved] for d in run["depth"]]
+            series = time_series(args, run, check)
             args.json_out.write_text(json.dumps({"summary": summary, "series": series, "depth_samples": depth}))
-        if check is not None and (check["lost"] or check["shed_but_made"]):
-            return 2
-        return 0
+        return 2 if check is not None and (check["lost"] or check["shed_but_made"]) else 0
     finally:
         if made:
             try:

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import die_with_parent
+from bench.harness import die_with_parent
 
 PREFIX = "tlbench"
 CLONE_NEWNET = 0x40000000
