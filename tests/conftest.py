@@ -11,9 +11,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from django.conf import settings
@@ -26,6 +27,7 @@ from fanout.worker import make_worker
 from tests.browser import browser, chromium, context, page  # noqa: F401  (fixtures for every module)
 
 User = get_user_model()
+T = TypeVar("T")
 BASE_DIR = Path(__file__).resolve().parent.parent
 LIVE_REDIS_URL = os.environ["REDIS_URL"].rsplit("/", 1)[0] + "/1"
 CLEARED_PER_TEST = (
@@ -244,6 +246,18 @@ def run_worker():
         make_worker().work(burst=True)
 
     return run
+
+
+def wait_for(check: Callable[[], T], *, timeout: float, what: str, every: float = 0.05) -> T:
+    """Wait until ``check()`` is true (and return it), or fail saying what did not happen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f} s: {what}")
+        time.sleep(every)
 
 
 def new_client_id() -> str:

@@ -17,7 +17,6 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from typing import TypeVar
 
 import pytest
 import websockets.sync.client
@@ -32,29 +31,26 @@ from fanout.admission import FANOUT_QUEUE, job_id
 from fanout.models import Fanout
 from fanout.redis_server import RedisServer
 from fanout.worker import SERIALIZER
-from tests.conftest import LiveApp, get_json, live_database_url, on_postgres, post_json, session_cookie, start_live_app
+from tests.conftest import (
+    LiveApp,
+    get_json,
+    live_database_url,
+    on_postgres,
+    post_json,
+    session_cookie,
+    start_live_app,
+    wait_for,
+)
 from timeline.consumers import CLOSE_TRY_AGAIN_LATER
 from timeline.models import Follow, Tweet
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e, pytest.mark.faults]
 
 User = get_user_model()
-T = TypeVar("T")
 
 # The relay's bound with the default lease (5 s) and relay period (1 s), plus the time to
 # finish the rest of the fan-out: what the design promises for a killed worker.
 KILLED_WORKER_DEADLINE = 10.0
-
-
-def wait_for(check: Callable[[], T], *, timeout: float, what: str, every: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}")
-        time.sleep(every)
 
 
 @pytest.fixture

@@ -37,6 +37,15 @@ def age(tweet_id: int, **fields) -> None:
     Fanout.objects.filter(pk=tweet_id).update(**{name: past for name in fields})
 
 
+def author_with_materialized_followers(make_user, count: int):
+    author = make_user()
+    followers = [make_user() for _ in range(count)]
+    for follower in followers:
+        Follow.objects.create(follower=follower, followee=author)
+        timelines.begin_rebuild(follower.pk)
+    return author, followers
+
+
 def test_only_one_run_can_claim_a_fanout(make_user):
     tweet = post(make_user())
     first = delivery.claim(tweet.pk)
@@ -53,11 +62,7 @@ def test_only_one_run_can_claim_a_fanout(make_user):
 
 def test_a_run_that_lost_its_lease_stops_without_marking_anything(make_user, settings, redis, monkeypatch):
     settings.FANOUT_BATCH_SIZE = 2
-    author = make_user()
-    followers = [make_user() for _ in range(6)]
-    for follower in followers:
-        Follow.objects.create(follower=follower, followee=author)
-        timelines.begin_rebuild(follower.pk)
+    author, followers = author_with_materialized_followers(make_user, 6)
     tweet = post(author)
     real_add = timelines.add
 
@@ -138,11 +143,7 @@ def test_a_pending_row_whose_job_is_queued_is_only_marked(make_user):
 
 def test_a_fanout_stops_when_its_tweet_is_deleted_between_batches(make_user, settings, redis, monkeypatch):
     settings.FANOUT_BATCH_SIZE = 2
-    author = make_user()
-    followers = [make_user() for _ in range(6)]
-    for follower in followers:
-        Follow.objects.create(follower=follower, followee=author)
-        timelines.begin_rebuild(follower.pk)
+    author, followers = author_with_materialized_followers(make_user, 6)
     tweet = post(author)
     real_add = timelines.add
 

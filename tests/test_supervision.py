@@ -13,29 +13,17 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from fanout.redis_server import free_port
-from tests.conftest import BASE_DIR, live_database_url
+from tests.conftest import BASE_DIR, live_database_url, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
 BIN = Path(sys.executable).parent
-
-
-def wait_for(check, *, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}")
-        time.sleep(0.1)
 
 
 def healthy(url: str) -> bool:

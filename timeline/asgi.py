@@ -33,7 +33,9 @@ if _hard == resource.RLIM_INFINITY or _soft < _hard:
 
 application = ProtocolTypeRouter(
     {
-        "http": InFlightLimit(HotReads(django_asgi_app), limit=settings.WEB_MAX_IN_FLIGHT),
+        # Hot reads are answered in the event loop without a thread, so the door (which bounds the
+        # requests that take one) stands behind them: only what they pass to Django counts.
+        "http": HotReads(InFlightLimit(django_asgi_app, limit=settings.WEB_MAX_IN_FLIGHT)),
         "websocket": SameOriginOnly(RefuseDuringOutage(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
     }
 )

@@ -7,7 +7,8 @@ the same cores starve, and even a 503 from the queue cap takes seconds to say. P
 ``WEB_MAX_IN_FLIGHT`` requests this wrapper answers 503 with Retry-After itself, in the event
 loop, before any thread or query, so shedding stays cheap exactly when it is needed.
 
-Health checks, staff stats and static files are never shed: they are how overload is seen.
+Health checks, staff stats and static files are never shed: they are how overload is seen. Home
+timelines answered from Redis (timeline.hot_reads) never reach the door: they take no thread.
 
 Logging in and signing up without a session are the cheapest requests to send and among the
 costliest to answer (a password hash each), so they get a budget of their own, a small share of
@@ -47,33 +48,29 @@ class InFlightLimit:
     def __init__(self, app, limit: int) -> None:
         self.app = app
         self.limit = limit
-        self.auth_limit = max(1, int(limit * ANONYMOUS_AUTH_SHARE))
-        self.in_flight = 0  # one event loop per process: no lock needed
-        self.auth_in_flight = 0
+        # Requests in progress, and the bound, for each budget: one event loop per process, no lock.
+        self.limits = {"main": limit, "anonymous auth": max(1, int(limit * ANONYMOUS_AUTH_SHARE))}
+        self.in_progress = dict.fromkeys(self.limits, 0)
         self._background: set[asyncio.Task] = set()
+
+    @property
+    def in_flight(self) -> int:
+        return self.in_progress["main"]
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or self.limit <= 0 or _exempt(scope["path"]):
             await self.app(scope, receive, send)
             return
-        if scope["method"] == "POST" and scope["path"] in ANONYMOUS_AUTH_PATHS:
-            if self.auth_in_flight >= self.auth_limit:
-                await self._shed(send)
-                return
-            self.auth_in_flight += 1
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                self.auth_in_flight -= 1
-            return
-        if self.in_flight >= self.limit:
+        anonymous_auth = scope["method"] == "POST" and scope["path"] in ANONYMOUS_AUTH_PATHS
+        budget = "anonymous auth" if anonymous_auth else "main"
+        if self.in_progress[budget] >= self.limits[budget]:
             await self._shed(send)
             return
-        self.in_flight += 1
+        self.in_progress[budget] += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_flight -= 1
+            self.in_progress[budget] -= 1
 
     async def _shed(self, send) -> None:
         await send(
