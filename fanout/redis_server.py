@@ -50,6 +50,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 def command(data_dir: Path, *, port: int = 0, unixsocket: Path | None = None, host: str = "127.0.0.1") -> list[str]:
     """The server's command line. ``host`` is the one address it listens on: loopback unless a
     caller puts it on a private network of its own (bench/cluster.py's data host)."""
@@ -110,9 +124,11 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> RedisServer:
+    def start(self, timeout: float = 10.0, *, extra: list[str] = ()) -> RedisServer:
         self.process = subprocess.Popen(
-            command(self.data_dir, port=self.port, host=self.host), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [*command(self.data_dir, port=self.port, host=self.host), *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         wait_until_ready(self.url, timeout=timeout, process=self.process)
         return self
@@ -125,6 +141,50 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class RedisClusterServer:
+    """A Redis Cluster of ``masters`` redis-server processes (no replicas) on free loopback ports,
+    the hash slots split evenly among them: the timeline store of the cluster tests and benchmarks.
+
+    Made with the cluster commands themselves (CLUSTER ADDSLOTS, CLUSTER MEET), which is what
+    ``redis-cli --cluster create`` sends, so no redis-cli is needed.
+    """
+
+    SLOTS = 16384
+
+    def __init__(self, data_dir: Path, masters: int = 3) -> None:
+        self.nodes = [RedisServer(data_dir / f"node{i}", free_cluster_port()) for i in range(masters)]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self, timeout: float = 20.0) -> RedisClusterServer:
+        import redis
+
+        extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]
+        for node in self.nodes:
+            node.start(extra=extra)
+        clients = [redis.Redis(port=node.port) for node in self.nodes]
+        share = -(-self.SLOTS // len(clients))
+        for i, client in enumerate(clients):
+            client.execute_command("CLUSTER ADDSLOTS", *range(i * share, min((i + 1) * share, self.SLOTS)))
+        for node in self.nodes[1:]:
+            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port)
+        deadline = time.monotonic() + timeout
+        while not all(
+            c.cluster("info")["cluster_state"] == "ok" and len(c.cluster("nodes")) == len(clients) for c in clients
+        ):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the Redis Cluster did not form within {timeout:.0f}s")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 def wait_until_ready(url: str, *, timeout: float, process: subprocess.Popen | None = None) -> None:

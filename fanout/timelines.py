@@ -21,16 +21,24 @@ merged-on-read authors it follows (``merged_authors``). ``tl:read_authors`` hold
 ever merged on read; it only grows, so a tweet delivered that way stays reachable whatever the
 author's followers or the threshold do later, and each addition bumps a version that makes
 every reader's cached list of such authors stale.
+
+All of these keys live on the timeline store (``fanout.connection.get_timeline_redis``): the
+main Redis unless TIMELINE_REDIS_URL names another, or with TIMELINE_REDIS_CLUSTER a Redis
+Cluster. A script there may only touch the keys of one slot, so a fan-out batch runs the add
+script once per hash slot, in one pipeline that redis-py splits by master (``_per_slot``); the
+pair of keys that one script updates together share a hash tag.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 
 from django.conf import settings
-from redis import Redis
+from redis import Redis, RedisCluster
+from redis.exceptions import NoScriptError
 
-from fanout.connection import get_redis
+from fanout.connection import get_timeline_redis
 
 SENTINEL = b"0"
 # A rebuild that dies between making the sentinel and filling the set must not leave a
@@ -74,8 +82,9 @@ return 1
 """
 
 
-READ_AUTHORS_KEY = "tl:read_authors"
-READ_AUTHORS_VERSION_KEY = "tl:read_authors:version"
+# One hash tag: the script below updates both, which on a cluster must share a slot.
+READ_AUTHORS_KEY = "tl:{read_authors}"
+READ_AUTHORS_VERSION_KEY = "tl:{read_authors}:version"
 
 # Adds ARGV[1] to the set KEYS[1]; if it was not there, bumps the version in KEYS[2].
 _MARK_READ_AUTHOR_SCRIPT = """
@@ -109,12 +118,39 @@ def add_to_author(*, author_id: int, tweet_id: int, redis: Redis | None = None) 
 def _add(tweet_id: int, keys: list[str], redis: Redis | None) -> int:
     if not keys:
         return 0
-    script = (redis or get_redis()).register_script(_ADD_SCRIPT)
-    return int(script(keys=keys, args=[tweet_id, settings.TIMELINE_CAP]))
+    client = redis or get_timeline_redis()
+    args = [tweet_id, settings.TIMELINE_CAP]
+    if isinstance(client, RedisCluster):
+        return sum(_per_slot(client, _ADD_SCRIPT, keys, args))
+    return int(client.register_script(_ADD_SCRIPT)(keys=keys, args=args))
+
+
+def _per_slot(cluster: RedisCluster, script: str, keys: list[str], args: list) -> list[int]:
+    """Run ``script`` once for each hash slot among ``keys`` (a script may only touch one slot),
+    all in one pipeline: redis-py sends each master its share at once, and follows MOVED and
+    ASK for a slot that moved. Every script here is idempotent, so when a master lacks it (new,
+    or failed over) it is loaded and the whole pipeline runs again."""
+    by_slot: dict[int, list[str]] = {}
+    for set_key in keys:
+        by_slot.setdefault(cluster.keyslot(set_key), []).append(set_key)
+    sha = hashlib.sha1(script.encode()).hexdigest()
+    for attempt in range(2):
+        with cluster.pipeline(transaction=False) as pipe:
+            for slot_keys in by_slot.values():
+                pipe.execute_command("EVALSHA", sha, len(slot_keys), *slot_keys, *args)
+            results = pipe.execute(raise_on_error=False)
+        if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
+            cluster.script_load(script)  # on every master
+            continue
+        break
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return [int(r) for r in results]
 
 
 def is_materialized(user_id: int, *, redis: Redis | None = None) -> bool:
-    return bool((redis or get_redis()).exists(key(user_id)))
+    return bool((redis or get_timeline_redis()).exists(key(user_id)))
 
 
 def begin_rebuild(user_id: int, *, redis: Redis | None = None) -> None:
@@ -134,11 +170,11 @@ def finish_author_rebuild(author_id: int, tweet_ids: Iterable[int], *, redis: Re
 
 
 def _begin(set_key: str, redis: Redis | None) -> None:
-    (redis or get_redis()).register_script(_BEGIN_SCRIPT)(keys=[set_key], args=[REBUILD_TTL_SECONDS])
+    (redis or get_timeline_redis()).register_script(_BEGIN_SCRIPT)(keys=[set_key], args=[REBUILD_TTL_SECONDS])
 
 
 def _finish(set_key: str, tweet_ids: Iterable[int], redis: Redis | None) -> bool:
-    script = (redis or get_redis()).register_script(_MERGE_SCRIPT)
+    script = (redis or get_timeline_redis()).register_script(_MERGE_SCRIPT)
     return bool(script(keys=[set_key], args=[settings.TIMELINE_CAP, idle_seconds(), *tweet_ids]))
 
 
@@ -150,7 +186,7 @@ def remove(user_id: int, tweet_ids: Iterable[int], *, authors: Iterable[int] = (
     """Drop tweet ids (of deleted tweets) from a home timeline and the author timelines it merges."""
     tweet_ids = list(tweet_ids)
     if tweet_ids:
-        with (redis or get_redis()).pipeline(transaction=False) as pipe:
+        with (redis or get_timeline_redis()).pipeline(transaction=False) as pipe:
             for set_key in [key(user_id), *(author_key(a) for a in authors)]:
                 pipe.zrem(set_key, *tweet_ids)
             pipe.execute()
@@ -160,7 +196,7 @@ def invalidate(user_ids: Iterable[int], *, redis: Redis | None = None) -> None:
     """Drop home timelines (and which merged-on-read authors they follow), to be rebuilt on read."""
     keys = [k for u in user_ids for k in (key(u), merged_key(u))]
     if keys:
-        (redis or get_redis()).delete(*keys)
+        (redis or get_timeline_redis()).delete(*keys)
 
 
 # -- authors merged on read ---------------------------------------------------------------------
@@ -168,13 +204,13 @@ def invalidate(user_ids: Iterable[int], *, redis: Redis | None = None) -> None:
 
 def mark_read_author(author_id: int, *, redis: Redis | None = None) -> bool:
     """Note that this author's tweets are merged on read (for good); True if that is new."""
-    script = (redis or get_redis()).register_script(_MARK_READ_AUTHOR_SCRIPT)
+    script = (redis or get_timeline_redis()).register_script(_MARK_READ_AUTHOR_SCRIPT)
     return bool(script(keys=[READ_AUTHORS_KEY, READ_AUTHORS_VERSION_KEY], args=[author_id]))
 
 
 def read_authors(*, redis: Redis | None = None) -> tuple[int, set[int]]:
     """The version, and every author ever merged on read."""
-    with (redis or get_redis()).pipeline(transaction=False) as pipe:
+    with (redis or get_timeline_redis()).pipeline(transaction=False) as pipe:
         pipe.get(READ_AUTHORS_VERSION_KEY)
         pipe.smembers(READ_AUTHORS_KEY)
         version, members = pipe.execute()
@@ -184,7 +220,7 @@ def read_authors(*, redis: Redis | None = None) -> tuple[int, set[int]]:
 def remember_merged(user_id: int, version: int, authors: Iterable[int], *, redis: Redis | None = None) -> None:
     """Cache which merged-on-read authors a user follows, as of ``version`` of the set of them."""
     value = f"{version}:" + ",".join(str(a) for a in sorted(authors))
-    (redis or get_redis()).set(merged_key(user_id), value, ex=idle_seconds())
+    (redis or get_timeline_redis()).set(merged_key(user_id), value, ex=idle_seconds())
 
 
 def merged_from(cached: bytes | None, version: bytes | None) -> list[int] | None:
@@ -229,7 +265,7 @@ def page(
     user_id: int, *, limit: int, before: int | None = None, after: int | None = None, redis: Redis | None = None
 ) -> tuple[list[int], int]:
     """Tweet ids newest first with ``after < id < before``, and the set's size (sentinel excluded)."""
-    with (redis or get_redis()).pipeline(transaction=False) as pipe:
+    with (redis or get_timeline_redis()).pipeline(transaction=False) as pipe:
         queue_page(pipe, user_id, limit=limit, before=before, after=after)
         ids, size = page_from(*pipe.execute())
     return ids, max(size, 0)

@@ -22,7 +22,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from redis import Redis
 
-from fanout.connection import get_redis
+from fanout.connection import get_redis, get_timeline_redis, timelines_apart
 from fanout.worker import make_worker
 from tests.browser import browser, chromium, context, page  # noqa: F401  (fixtures for every module)
 
@@ -59,7 +59,15 @@ def redis():
         keys = [k for pattern in CLEARED_PER_TEST for k in db.keys(pattern)]
         if keys:
             db.delete(*keys)
+    if timelines_apart():  # a store that holds nothing but timelines
+        get_timeline_redis().flushall(**({"target_nodes": "primaries"} if settings.TIMELINE_REDIS_CLUSTER else {}))
     return connection
+
+
+@pytest.fixture
+def store(redis):
+    """The timeline store: the test Redis, or the Redis Cluster with TEST_TIMELINE_STORE=cluster."""
+    return get_timeline_redis()
 
 
 @dataclass

@@ -6,6 +6,9 @@ import), so it must be a plugin loaded with ``-p`` rather than a conftest fixtur
 - Redis, always: a private redis-server on a free loopback port, its data in a temporary folder.
 - PostgreSQL, when ``TEST_DATABASE=postgres``: a private cluster (fanout.postgres_server), and
   the suite runs on it; otherwise on SQLite. `make test` runs the suite both ways.
+- A Redis Cluster of three masters, when ``TEST_TIMELINE_STORE=cluster``: the timelines go there
+  (TIMELINE_REDIS_URL, TIMELINE_REDIS_CLUSTER) and everything else stays on the Redis above.
+  `make test` runs the timeline and fan-out tests this way too.
 
 Both are stopped when the session ends.
 """
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from fanout.redis_server import RedisServer
+from fanout.redis_server import RedisClusterServer, RedisServer
 
 _servers: list = []
 _folders: list[Path] = []
@@ -46,10 +49,21 @@ def pytest_load_initial_conftests(early_config, parser, args):
         os.environ["DATABASE_URL"] = server.url
     elif database != "sqlite":
         raise pytest.UsageError(f"TEST_DATABASE must be sqlite or postgres, not {database!r}")
+    store = os.environ.get("TEST_TIMELINE_STORE", "redis").strip().lower()
+    if store == "cluster":
+        folder = Path(tempfile.mkdtemp(prefix="timeline-test-cluster-"))
+        _folders.append(folder)
+        _servers.append(server := RedisClusterServer(folder).start())
+        os.environ.update(TIMELINE_REDIS_URL=server.url, TIMELINE_REDIS_CLUSTER="true")
+    elif store != "redis":
+        raise pytest.UsageError(f"TEST_TIMELINE_STORE must be redis or cluster, not {store!r}")
 
 
 def pytest_report_header(config):
-    return f"database: {os.environ.get('TEST_DATABASE', 'sqlite')}, redis: {os.environ.get('REDIS_URL')}"
+    return (
+        f"database: {os.environ.get('TEST_DATABASE', 'sqlite')}, redis: {os.environ.get('REDIS_URL')},"
+        f" timelines: {os.environ.get('TIMELINE_REDIS_URL', 'on that redis')}"
+    )
 
 
 def pytest_unconfigure(config):

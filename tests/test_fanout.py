@@ -35,7 +35,7 @@ def post(author, body="hello"):
     return tweet_create(author=author, body=body, client_id=uuid.uuid4()).tweet
 
 
-def test_worker_delivers_to_every_follower_and_counts_are_true(make_user, run_worker, settings, redis):
+def test_worker_delivers_to_every_follower_and_counts_are_true(make_user, run_worker, settings, store):
     settings.FANOUT_BATCH_SIZE = 4  # several keyset batches
     author = make_user()
     followers = [make_user() for _ in range(10)]
@@ -51,13 +51,13 @@ def test_worker_delivers_to_every_follower_and_counts_are_true(make_user, run_wo
     assert (fanout.state, fanout.delivered, fanout.recipients, fanout.attempts) == ("done", 10, 10, 1)
     assert fanout.started_at <= fanout.finished_at
     for follower in followers:
-        assert redis.zscore(timelines.key(follower.pk), tweet.pk) == tweet.pk
-    assert redis.zscore(timelines.key(outsider.pk), tweet.pk) is None
+        assert store.zscore(timelines.key(follower.pk), tweet.pk) == tweet.pk
+    assert store.zscore(timelines.key(outsider.pk), tweet.pk) is None
     assert home_ids(followers[0]) == [tweet.pk]
     assert home_ids(outsider) == []
 
 
-def test_running_the_job_twice_leaves_the_same_timelines_and_counts(make_user, run_worker, redis):
+def test_running_the_job_twice_leaves_the_same_timelines_and_counts(make_user, run_worker, store):
     author = make_user()
     followers = [make_user() for _ in range(5)]
     for follower in followers:
@@ -65,7 +65,7 @@ def test_running_the_job_twice_leaves_the_same_timelines_and_counts(make_user, r
     materialize(*followers)
     tweet = post(author)
     run_worker()
-    before = {f.pk: redis.zrange(timelines.key(f.pk), 0, -1, withscores=True) for f in followers}
+    before = {f.pk: store.zrange(timelines.key(f.pk), 0, -1, withscores=True) for f in followers}
     first = Fanout.objects.values("state", "delivered", "recipients").get(pk=tweet.pk)
 
     # Both ways a job can run again: RQ running it a second time, and the delivery code itself
@@ -75,25 +75,25 @@ def test_running_the_job_twice_leaves_the_same_timelines_and_counts(make_user, r
     Fanout.objects.filter(pk=tweet.pk).update(state=Fanout.State.RUNNING)
     delivery.deliver_tweet(tweet_id=tweet.pk)
 
-    after = {f.pk: redis.zrange(timelines.key(f.pk), 0, -1, withscores=True) for f in followers}
+    after = {f.pk: store.zrange(timelines.key(f.pk), 0, -1, withscores=True) for f in followers}
     assert after == before
     assert Fanout.objects.values("state", "delivered", "recipients").get(pk=tweet.pk) == first
 
 
-def test_fanout_does_not_create_timelines_that_were_never_read(make_user, run_worker, redis):
+def test_fanout_does_not_create_timelines_that_were_never_read(make_user, run_worker, store):
     author, follower = make_user(), make_user()
     follow_create(follower=follower, followee=author)
     tweet = post(author)
     run_worker()
 
-    assert not redis.exists(timelines.key(follower.pk))
+    assert not store.exists(timelines.key(follower.pk))
     assert Fanout.objects.get(pk=tweet.pk).delivered == 1
     # ...and the first read builds it from the database, tweet included.
     assert home_ids(follower) == [tweet.pk]
-    assert redis.exists(timelines.key(follower.pk))
+    assert store.exists(timelines.key(follower.pk))
 
 
-def test_timeline_is_rebuilt_from_the_database_after_its_key_is_deleted(make_user, run_worker, redis):
+def test_timeline_is_rebuilt_from_the_database_after_its_key_is_deleted(make_user, run_worker, store):
     author, follower = make_user(), make_user()
     follow_create(follower=follower, followee=author)
     materialize(follower)
@@ -103,13 +103,13 @@ def test_timeline_is_rebuilt_from_the_database_after_its_key_is_deleted(make_use
     expected = [own.pk] + [t.pk for t in reversed(tweets)]
     assert home_ids(follower) == expected
 
-    redis.delete(timelines.key(follower.pk))
+    store.delete(timelines.key(follower.pk))
 
     assert home_ids(follower) == expected
-    assert [int(m) for m in redis.zrevrange(timelines.key(follower.pk), 0, -1)] == expected + [0]  # sentinel last
+    assert [int(m) for m in store.zrevrange(timelines.key(follower.pk), 0, -1)] == expected + [0]  # sentinel last
 
 
-def test_a_fanout_racing_a_rebuild_is_not_lost(make_user, redis):
+def test_a_fanout_racing_a_rebuild_is_not_lost(make_user, store):
     """The sentinel goes in before the rebuild reads the database: see fanout.timelines."""
     author, follower = make_user(), make_user()
     Follow.objects.create(follower=follower, followee=author)
@@ -122,10 +122,10 @@ def test_a_fanout_racing_a_rebuild_is_not_lost(make_user, redis):
 
     assert home_ids(follower) == [tweet.pk]
     # The finished set lives for the idle lifetime (not the rebuild's minute), renewed by reads.
-    assert redis.ttl(timelines.key(follower.pk)) > timelines.REBUILD_TTL_SECONDS
+    assert store.ttl(timelines.key(follower.pk)) > timelines.REBUILD_TTL_SECONDS
 
 
-def test_timeline_is_capped_and_older_pages_come_from_the_database(make_user, run_worker, settings, redis):
+def test_timeline_is_capped_and_older_pages_come_from_the_database(make_user, run_worker, settings, store):
     settings.TIMELINE_CAP = 10
     author, follower = make_user(), make_user()
     follow_create(follower=follower, followee=author)
@@ -133,7 +133,7 @@ def test_timeline_is_capped_and_older_pages_come_from_the_database(make_user, ru
     tweets = [post(author, f"t{i}") for i in range(15)]
     run_worker()
 
-    assert redis.zcard(timelines.key(follower.pk)) == 10 + 1  # the cap, plus the sentinel
+    assert store.zcard(timelines.key(follower.pk)) == 10 + 1  # the cap, plus the sentinel
     seen, before = [], None
     while True:
         page = selectors.home_timeline(user=follower, limit=4, before=before)
@@ -203,7 +203,7 @@ def test_follower_batches_are_keyset_ordered_and_complete(make_user):
     assert flat == sorted(f.pk for f in followers)
 
 
-def test_a_reconnecting_page_misses_no_older_tweet_that_arrived_late(make_user, client_for, redis):
+def test_a_reconnecting_page_misses_no_older_tweet_that_arrived_late(make_user, client_for, store):
     """Fan-outs finish out of id order; after=min(newest shown, watermark) still finds them all."""
     reader, busy_author, quick_author = make_user(), make_user(), make_user()
     follow_create(follower=reader, followee=busy_author)
@@ -284,7 +284,7 @@ def _someone_waits_on_an_advisory_lock() -> bool:
         return cursor.fetchone()[0] > 0
 
 
-def test_a_full_timeline_stays_compact_in_redis(make_user, redis, settings):
+def test_a_full_timeline_stays_compact_in_redis(make_user, store, settings):
     """800 ids of 13 digits (as a busy site's would be) cost at most 3 times their raw 8 bytes."""
     reader = make_user()
     timelines.begin_rebuild(reader.pk)
@@ -294,25 +294,25 @@ def test_a_full_timeline_stays_compact_in_redis(make_user, redis, settings):
         timelines.add(tweet_id=tweet_id + 10**11, user_ids=[reader.pk])
 
     key = timelines.key(reader.pk)
-    assert redis.zcard(key) == settings.TIMELINE_CAP + 1  # capped, sentinel kept
-    assert redis.object("encoding", key) in (b"listpack", b"ziplist")
-    assert redis.memory_usage(key) <= 3 * 8 * settings.TIMELINE_CAP
+    assert store.zcard(key) == settings.TIMELINE_CAP + 1  # capped, sentinel kept
+    assert store.object("encoding", key) in (b"listpack", b"ziplist")
+    assert store.memory_usage(key) <= 3 * 8 * settings.TIMELINE_CAP
 
 
-def test_a_timeline_nobody_reads_leaves_redis_and_fanout_stops_writing_to_it(make_user, settings, redis):
+def test_a_timeline_nobody_reads_leaves_redis_and_fanout_stops_writing_to_it(make_user, settings, store):
     settings.TIMELINE_IDLE_DAYS = 7
     reader, author = make_user(), make_user()
     follow_create(follower=reader, followee=author)
     materialize(reader)
     key = timelines.key(reader.pk)
-    assert 6 * 86400 < redis.ttl(key) <= 7 * 86400
-    redis.expire(key, 3600)  # six days and 23 hours later...
+    assert 6 * 86400 < store.ttl(key) <= 7 * 86400
+    store.expire(key, 3600)  # six days and 23 hours later...
     home_ids(reader)  # ...the reader comes back: a read renews the idle lifetime
-    assert redis.ttl(key) > 6 * 86400
+    assert store.ttl(key) > 6 * 86400
 
-    redis.delete(key)  # a week of nobody reading: Redis drops it
+    store.delete(key)  # a week of nobody reading: Redis drops it
     tweet = post(author)
     delivery.deliver_tweet(tweet_id=tweet.pk)
-    assert not redis.exists(key)  # fan-out did not bring it back...
+    assert not store.exists(key)  # fan-out did not bring it back...
     assert Fanout.objects.get(pk=tweet.pk).delivered == 1
     assert home_ids(reader) == [tweet.pk]  # ...and the next read rebuilds it, tweet included

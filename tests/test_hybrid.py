@@ -51,19 +51,19 @@ def star(make_user, settings):
     return author, followers
 
 
-def test_a_big_authors_tweet_is_written_once_and_read_by_every_follower(star, redis):
+def test_a_big_authors_tweet_is_written_once_and_read_by_every_follower(star, store):
     author, followers = star
     tweet = post(author, "to many")
 
     row = Fanout.objects.get(pk=tweet.pk)
     assert (row.state, row.mode, row.delivered, row.recipients) == ("done", "read", 5, 5)
-    assert not any(redis.zscore(timelines.key(f.pk), tweet.pk) for f in followers)  # no write per follower
+    assert not any(store.zscore(timelines.key(f.pk), tweet.pk) for f in followers)  # no write per follower
     for follower in followers:
         assert home_ids(follower) == [tweet.pk]  # merged from the author's timeline, built on read
 
     second = post(author, "to many, again")
-    assert redis.zscore(timelines.author_key(author.pk), second.pk) == second.pk  # the one write
-    assert not any(redis.zscore(timelines.key(f.pk), second.pk) for f in followers)
+    assert store.zscore(timelines.author_key(author.pk), second.pk) == second.pk  # the one write
+    assert not any(store.zscore(timelines.key(f.pk), second.pk) for f in followers)
     assert all(home_ids(f) == [second.pk, tweet.pk] for f in followers)
 
 

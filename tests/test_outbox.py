@@ -60,7 +60,7 @@ def test_only_one_run_can_claim_a_fanout(make_user):
     assert Fanout.objects.get(pk=tweet.pk).attempts == 2
 
 
-def test_a_run_that_lost_its_lease_stops_without_marking_anything(make_user, settings, redis, monkeypatch):
+def test_a_run_that_lost_its_lease_stops_without_marking_anything(make_user, settings, store, monkeypatch):
     settings.FANOUT_BATCH_SIZE = 2
     author, followers = author_with_materialized_followers(make_user, 6)
     tweet = post(author)
@@ -75,11 +75,11 @@ def test_a_run_that_lost_its_lease_stops_without_marking_anything(make_user, set
 
     row = Fanout.objects.get(pk=tweet.pk)
     assert (row.state, row.lease_owner, row.delivered) == ("running", "someone-else", 0)
-    reached = [f for f in followers if redis.zscore(timelines.key(f.pk), tweet.pk)]
+    reached = [f for f in followers if store.zscore(timelines.key(f.pk), tweet.pk)]
     assert reached == followers[:2]  # it stopped after the batch that found the lease gone
 
 
-def test_a_killed_run_is_resumed_after_its_cursor(make_user, settings, redis, monkeypatch):
+def test_a_killed_run_is_resumed_after_its_cursor(make_user, settings, store, monkeypatch):
     settings.FANOUT_BATCH_SIZE = 3
     author = make_user()
     followers = [make_user() for _ in range(8)]
@@ -141,7 +141,7 @@ def test_a_pending_row_whose_job_is_queued_is_only_marked(make_user):
     assert Fanout.objects.get(pk=tweet.pk).state == "queued"
 
 
-def test_a_fanout_stops_when_its_tweet_is_deleted_between_batches(make_user, settings, redis, monkeypatch):
+def test_a_fanout_stops_when_its_tweet_is_deleted_between_batches(make_user, settings, store, monkeypatch):
     settings.FANOUT_BATCH_SIZE = 2
     author, followers = author_with_materialized_followers(make_user, 6)
     tweet = post(author)
@@ -154,11 +154,11 @@ def test_a_fanout_stops_when_its_tweet_is_deleted_between_batches(make_user, set
     monkeypatch.setattr(delivery.timelines, "add", add_then_delete)
     delivery.deliver_tweet(tweet_id=tweet.pk)
 
-    reached = [f for f in followers if redis.zscore(timelines.key(f.pk), tweet.pk)]
+    reached = [f for f in followers if store.zscore(timelines.key(f.pk), tweet.pk)]
     assert reached == followers[:2]
 
 
-def test_ids_of_deleted_tweets_are_dropped_and_the_page_reads_on_past_them(make_user, redis):
+def test_ids_of_deleted_tweets_are_dropped_and_the_page_reads_on_past_them(make_user, store):
     reader, author = make_user(), make_user()
     Follow.objects.create(follower=reader, followee=author)
     tweets = [post(author, f"t{i}") for i in range(10)]
@@ -173,7 +173,7 @@ def test_ids_of_deleted_tweets_are_dropped_and_the_page_reads_on_past_them(make_
     assert [t.pk for t in selectors.home_timeline(user=reader, limit=4, before=page.next_before).tweets] == [
         tweets[0].pk
     ]
-    assert not any(redis.zscore(timelines.key(reader.pk), t.pk) for t in gone)  # cleaned up
+    assert not any(store.zscore(timelines.key(reader.pk), t.pk) for t in gone)  # cleaned up
 
 
 def test_seeding_ignores_a_full_queue_and_its_own_old_jobs(settings, redis):

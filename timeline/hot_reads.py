@@ -4,8 +4,8 @@ A timeline is read far more often than it is written, and Django's fixed cost pe
 (its middleware, each hook run in a worker thread from async code, a SQL query for the session
 and one for the user, the hop into the one thread that sync views share) is many times what
 the read itself needs. Everything this read needs is already in Redis: the session
-(timeline.sessions), what authenticates it (timeline.identity), the timeline's ids and the low
-watermark (fanout.timelines, fanout.watermark) and the tweets as JSON (timeline.tweet_cache).
+(timeline.sessions), what authenticates it (timeline.identity), the low watermark
+(fanout.watermark), the timeline's ids (fanout.timelines, on the timeline store) and the tweets as JSON (timeline.tweet_cache).
 
 So this ASGI app answers the request itself when, and only when, Redis has all of it: a session
 that is logged in, an active user whose password has not changed since, a materialized
@@ -29,7 +29,7 @@ from django.utils.crypto import constant_time_compare
 from redis.exceptions import RedisError
 
 from fanout import timelines, watermark
-from fanout.connection import get_async_redis
+from fanout.connection import get_async_redis, get_async_timeline_redis
 from timeline import identity, selectors, sessions, tweet_cache, validation
 from timeline.middleware import json_error_body
 
@@ -81,14 +81,24 @@ class HotReads:
             return None
         user_id = int(session[_USER_ID])
         bounds = {"limit": limit + 1, "before": before, "after": after}
-        redis = get_async_redis()
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.get(identity.key(user_id))
-            pipe.get(watermark.KEY)  # before the timeline: see fanout.watermark
+        redis, store = get_async_redis(), get_async_timeline_redis()
+
+        def queue_timeline(pipe) -> None:
             pipe.get(timelines.merged_key(user_id))
             pipe.get(timelines.READ_AUTHORS_VERSION_KEY)
             timelines.queue_page(pipe, user_id, **bounds)
-            auth, low_watermark, merged, version, *home = await pipe.execute()
+
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.get(identity.key(user_id))
+            pipe.get(watermark.KEY)  # before the timeline: see fanout.watermark
+            if store is redis:
+                queue_timeline(pipe)
+            auth, low_watermark, *timeline = await pipe.execute()
+        if store is not redis:  # timelines on a store of their own: a second round trip, after
+            async with store.pipeline(transaction=False) as pipe:
+                queue_timeline(pipe)
+                timeline = await pipe.execute()
+        merged, version, *home = timeline
         if auth is None or low_watermark is None:
             return None
         auth = json.loads(auth)
@@ -99,7 +109,7 @@ class HotReads:
             return None  # which merged-on-read authors this reader follows: Django finds out
         pages = [timelines.page_from(*home)]
         if authors:
-            async with redis.pipeline(transaction=False) as pipe:
+            async with store.pipeline(transaction=False) as pipe:
                 for author_id in authors:
                     timelines.queue_author_page(pipe, author_id, **bounds)
                 results = await pipe.execute()

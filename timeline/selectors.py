@@ -13,7 +13,7 @@ from django.db.models import Q
 from redis.exceptions import RedisError
 
 from fanout import timelines, watermark
-from fanout.connection import get_redis
+from fanout.connection import get_timeline_redis
 from timeline import tweet_cache
 from timeline.models import Follow, Tweet
 
@@ -74,7 +74,7 @@ def _rebuild_author(author_id: int) -> None:
 def merged_authors(user_id: int) -> list[int]:
     """The authors merged on read (fanout.timelines) that the user follows: cached in Redis until
     the user follows or unfollows someone, or another author starts being merged on read."""
-    redis = get_redis()
+    redis = get_timeline_redis()
     with redis.pipeline(transaction=False) as pipe:
         pipe.get(timelines.merged_key(user_id))
         pipe.get(timelines.READ_AUTHORS_VERSION_KEY)
@@ -171,7 +171,7 @@ def _home_ids_from_redis(
 
 def _read_pages(user_id: int, authors: list[int], **bounds) -> list[tuple[list[int], int]]:
     """One round trip: the home timeline's page, and each merged author timeline's."""
-    with get_redis().pipeline(transaction=False) as pipe:
+    with get_timeline_redis().pipeline(transaction=False) as pipe:
         timelines.queue_page(pipe, user_id, **bounds)
         for author_id in authors:
             timelines.queue_author_page(pipe, author_id, **bounds)

@@ -86,6 +86,14 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = config.env_redis_url("REDIS_URL", f"unix://{VAR_DIR / 'redis' / 'redis.sock'}")
+# Home timelines may live elsewhere: another Redis, or (TIMELINE_REDIS_CLUSTER) a Redis Cluster
+# named by any one of its nodes. Everything else stays on REDIS_URL: RQ needs a single Redis.
+TIMELINE_REDIS_URL = config.env_redis_url("TIMELINE_REDIS_URL", REDIS_URL)
+TIMELINE_REDIS_CLUSTER = config.env_bool("TIMELINE_REDIS_CLUSTER", False)
+if TIMELINE_REDIS_CLUSTER and not TIMELINE_REDIS_URL.startswith(("redis://", "rediss://")):
+    raise config.ConfigError(
+        "TIMELINE_REDIS_URL", "must name a cluster node as redis://host:port with TIMELINE_REDIS_CLUSTER"
+    )
 
 # Fan-out: how many jobs may wait before POST /api/tweets sheds load (0 turns the cap off),
 # how many followers one batch of timeline writes covers, and how long a home timeline is.
