@@ -68,14 +68,19 @@ PLOT = BASE_DIR / "docs" / "backpressure.png"
 SHED_P99_TARGET_MS = 20.0
 
 
-def posting_template(folder: Path, args) -> Template:
+def posting_template(folder: Path, args, database: str = "sqlite") -> Template:
     t = time.monotonic()
     template = Template.build(
-        folder, authors=[args.follows_per_author] * args.authors, readers=args.readers, pick="random", seed=20261127
+        folder,
+        authors=[args.follows_per_author] * args.authors,
+        readers=args.readers,
+        pick="random",
+        seed=20261127,
+        database=database,
     )
     log(
-        f"world: {args.authors} authors x {args.follows_per_author} followers of {args.readers} readers, "
-        f"built in {time.monotonic() - t:.1f}s ({folder})"
+        f"world: {args.authors} authors x {args.follows_per_author} followers of {args.readers} readers"
+        f" on {database}, built in {time.monotonic() - t:.1f}s ({folder})"
     )
     return template
 

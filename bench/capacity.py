@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Posting capacity per formation: the highest rate whose accept-to-done p99 stays under 2 s.
 
-    .venv/bin/python bench/capacity.py                          # 4 formations, about 12 minutes
+    .venv/bin/python bench/capacity.py          # 4 formations on SQLite and on PostgreSQL, about 25 minutes
     .venv/bin/python bench/capacity.py --formations 2x2 --rates 60 90 --duration 10 --no-docs
 
 The world is bench/backpressure.py's (200 authors, each followed by 200 of 1,000 readers, every
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -48,37 +49,22 @@ def main() -> int:
     parser.add_argument("--readers", type=int, default=1000)
     parser.add_argument("--follows-per-author", type=int, default=200)
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument("--databases", nargs="+", default=["sqlite", "postgres"], choices=["sqlite", "postgres"])
     args = parser.parse_args()
     out = OUT_DIR / f"capacity-{stamp()}"
     out.mkdir(parents=True)
-    tmp = Path(tempfile.mkdtemp(prefix="capacity-"))
     results = []
-    try:
-        template = posting_template(tmp, args)
-        for formation in args.formations:
-            web, workers = (int(n) for n in formation.split("x"))
-            best = None
-            for rate in args.rates:
-                name = f"{formation}-{rate:g}"
-                with posting_world(template, logs=out / f"{name}-logs", cap=0, web=web, workers=workers) as world:
-                    data, cpu = run_loadgen(
-                        world, out=out / f"{name}.json", duration=args.duration, rate=rate, drain_timeout=60
-                    )
-                row = row_for(name, 0, 1.0, rate, data, cpu)
-                sustained = row["lost"] == 0 and (row["accept_to_done_p99_s"] or 99) < P99_LIMIT_S
-                results.append({"formation": formation, "rate": rate, "sustained": sustained, "row": row})
-                log(
-                    f"{formation} at {rate:g}/s: accepted {row['accepted_by_server_per_s']:.1f}/s, "
-                    f"accept->done p99 {row['accept_to_done_p99_s']} s, lost {row['lost']}: "
-                    f"{'sustained' if sustained else 'NOT sustained'}"
-                )
-                if not sustained:
-                    break
-                best = row
-            capacity = {"capacity": best["rate"], "cpu_ms_per_post": cpu_per_post(best)} if best else {"capacity": None}
-            results.append({"formation": formation, "cpu_ms_per_post": None, **capacity})
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    for database in args.databases:
+        tmp = Path(tempfile.mkdtemp(prefix=f"capacity-{database}-"))
+        template = None
+        try:
+            template = posting_template(tmp, args, database)
+            for formation in args.formations:
+                results += measure(template, formation, database, args, out)
+        finally:
+            if template is not None:
+                template.close()
+            shutil.rmtree(tmp, ignore_errors=True)
     machine = machine_info(None)
     (out / "results.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2, default=str))
     if not args.no_docs:
@@ -89,23 +75,59 @@ def main() -> int:
     return 0
 
 
+def measure(template, formation: str, database: str, args, out: Path) -> list[dict]:
+    """Each rate in turn until one is not sustained: the rows, then the formation's capacity."""
+    web, workers = (int(n) for n in formation.split("x"))
+    best, results = None, []
+    for rate in args.rates:
+        name = f"{database}-{formation}-{rate:g}"
+        with posting_world(template, logs=out / f"{name}-logs", cap=0, web=web, workers=workers) as world:
+            data, cpu = run_loadgen(
+                world, out=out / f"{name}.json", duration=args.duration, rate=rate, drain_timeout=60
+            )
+        row = row_for(name, 0, 1.0, rate, data, cpu)
+        sustained = row["lost"] == 0 and (row["accept_to_done_p99_s"] or 99) < P99_LIMIT_S
+        results.append({"database": database, "formation": formation, "rate": rate, "sustained": sustained, "row": row})
+        log(
+            f"{database} {formation} at {rate:g}/s: accepted {row['accepted_by_server_per_s']:.1f}/s, "
+            f"accept->done p99 {row['accept_to_done_p99_s']} s, lost {row['lost']}: "
+            f"{'sustained' if sustained else 'NOT sustained'}"
+        )
+        if not sustained:
+            break
+        best = row
+    capacity = {"capacity": best["rate"], "cpu_ms_per_post": cpu_per_post(best)} if best else {"capacity": None}
+    return results + [{"database": database, "formation": formation, "cpu_ms_per_post": None, **capacity}]
+
+
+def postgres_version() -> str:
+    from fanout.postgres_server import find_bin_dir
+
+    try:
+        out = subprocess.run([str(find_bin_dir() / "postgres"), "--version"], capture_output=True, text=True)
+        return "PostgreSQL " + out.stdout.split()[-1]
+    except (OSError, SystemExit, IndexError):
+        return "PostgreSQL (not found)"
+
+
 def docs_text(formations: list[dict], machine: dict, args) -> str:
-    kinds = ["web", "workers", "redis", "cron", "loadgen"]
+    kinds = ["web", "workers", "redis", "postgres", "cron", "loadgen"]
     lines = [
         f"Measured {machine['date']} on {machine['nproc']} cores ({machine['cpu_model']}), SQLite"
-        f" {machine['sqlite']}, commit {machine['git']}; {args.duration:g} s per rate, rates"
-        f" {', '.join(f'{r:g}' for r in args.rates)} posts/s; the load generator shares the cores.",
+        f" {machine['sqlite']}, {postgres_version()}, commit {machine['git']}; {args.duration:g} s per rate,"
+        f" rates {', '.join(f'{r:g}' for r in args.rates)} posts/s; the load generator shares the cores."
+        " PostgreSQL's CPU counts the server and every backend.",
         "",
-        "| web processes x workers | capacity (posts/s, accept→done p99 < 2 s) | "
+        "| database | web processes x workers | capacity (posts/s, accept→done p99 < 2 s) | "
         + " | ".join(f"{k} CPU ms/post" for k in kinds)
         + " |",
-        "|---|---|" + "---|" * len(kinds),
+        "|---|---|---|" + "---|" * len(kinds),
     ]
     for f in formations:
         cpu = f["cpu_ms_per_post"] or {}
         cells = " | ".join(f"{cpu[k]:.1f}" if k in cpu else "–" for k in kinds)
         capacity = f"{f['capacity']:g}" if f["capacity"] else f"< {args.rates[0]:g}"
-        lines.append(f"| {f['formation']} | {capacity} | {cells} |")
+        lines.append(f"| {f['database']} | {f['formation']} | {capacity} | {cells} |")
     return "\n".join(lines)
 
 

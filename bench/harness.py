@@ -44,6 +44,7 @@ import uuid
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 if str(BASE_DIR) not in sys.path:
@@ -97,6 +98,31 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU time of a process and all its children, those still running and those it has reaped:
+    a PostgreSQL server, whose work is done by a backend process per connection."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = fields
+    if pid not in stats:
+        return None
+    children: dict[int, list[int]] = {}
+    for child, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(child)  # ppid
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        fields = stats[current]
+        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])  # + cutime, cstime
+        todo += children.get(current, [])
+    return total / CLK_TCK
+
+
 def machine_busy_seconds() -> float:
     """CPU time the whole machine has spent busy (all cores, all processes), from /proc/stat."""
     user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
@@ -125,9 +151,14 @@ class CpuClock:
 
     Processes are told apart by pid: one started after the clock counts whole, from its start."""
 
+    TREES = ("postgres",)  # counted with their children
+
     def __init__(self, pids: dict[str, int], *, me: str | None = None) -> None:
         self.pids, self.me = pids, me
-        self.start = {pid: cpu_seconds(pid) or 0.0 for pid in pids.values()} | self._now()
+        self.start = {pid: self._cpu(name, pid) or 0.0 for name, pid in pids.items()} | self._now()
+
+    def _cpu(self, name: str, pid: int) -> float | None:
+        return tree_cpu_seconds(pid) if name in self.TREES else cpu_seconds(pid)
 
     def _now(self) -> dict[str, float]:
         return ({self.me: time.process_time()} if self.me else {}) | {
@@ -138,7 +169,9 @@ class CpuClock:
     def read(self, pids: dict[str, int] | None = None) -> dict[str, float]:
         """Seconds per process (``pids``: those running now, by default the first ones), plus
         ``_machine`` (the whole machine's busy seconds) and ``_wall``."""
-        used = {name: (cpu_seconds(pid) or 0.0) - self.start.get(pid, 0.0) for name, pid in (pids or self.pids).items()}
+        used = {
+            name: (self._cpu(name, pid) or 0.0) - self.start.get(pid, 0.0) for name, pid in (pids or self.pids).items()
+        }
         return used | {name: value - self.start[name] for name, value in self._now().items()}
 
 
@@ -279,11 +312,18 @@ class Template:
     """A migrated, populated database to copy for each run, with the sessions it holds.
 
     ``people``: ``{"authors": [{"id", "username", "session", "followers"}], "readers": [{"id", "session"?}]}``.
+    ``db`` is a SQLite file, or with ``database="postgres"`` the URL of a database on a private
+    PostgreSQL server (``postgres``) that each run copies into a database of its own.
     """
 
-    db: Path
+    db: Path | str
     secret_key: str
     people: dict
+    postgres: Any = None
+
+    @property
+    def database(self) -> str:
+        return "sqlite" if self.postgres is None else "postgres"
 
     @classmethod
     def build(
@@ -296,29 +336,48 @@ class Template:
         seed: int = 0,
         reader_sessions: bool = False,
         app_dir: Path = BASE_DIR,
+        database: str = "sqlite",
     ) -> Template:
         """``len(authors)`` authors, the i-th followed by ``authors[i]`` of ``readers`` readers (the
         first ones, or with ``pick="random"`` a sample drawn with ``seed``), made in bulk; a session
         for every author, and for every reader with ``reader_sessions``."""
         folder.mkdir(parents=True, exist_ok=True)
-        db, secret_key = folder / "template.sqlite3", secrets.token_urlsafe(50)
+        secret_key = secrets.token_urlsafe(50)
+        postgres = None
+        if database == "postgres":
+            from fanout.postgres_server import PostgresServer
+
+            # A folder of its own in /tmp: the server runs as the postgres user, which cannot
+            # reach into a caller's private temporary folder.
+            postgres = PostgresServer(Path(tempfile.mkdtemp(prefix="bench-postgres-"))).start()
+            db = postgres.url  # the template database, copied by CREATE DATABASE ... TEMPLATE
+        else:
+            db = folder / "template.sqlite3"
         env = app_env(db=db, redis_url=f"redis://{HOST}:1/0", secret_key=secret_key, var_dir=folder / "var")
         run = lambda *argv: subprocess.run([sys.executable, *argv], cwd=app_dir, env=env, check=True, timeout=600)  # noqa: E731
         run("manage.py", "migrate", "--noinput", "-v", "0")
         spec = {"authors": authors, "readers": readers, "pick": pick, "seed": seed, "reader_sessions": reader_sessions}
         run(str(Path(__file__).resolve()), "populate", json.dumps(spec), str(folder / "people.json"))
-        con = sqlite3.connect(db)
-        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        con.execute("PRAGMA journal_mode=DELETE")  # one self-contained file to copy
-        con.close()
-        return cls(db, secret_key, json.loads((folder / "people.json").read_text()))
+        if postgres is None:
+            con = sqlite3.connect(db)
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            con.execute("PRAGMA journal_mode=DELETE")  # one self-contained file to copy
+            con.close()
+        return cls(db, secret_key, json.loads((folder / "people.json").read_text()), postgres)
+
+    def close(self) -> None:
+        """Stop the template's PostgreSQL server, if it has one."""
+        if self.postgres is not None:
+            self.postgres.stop()
+            shutil.rmtree(self.postgres.data_dir, ignore_errors=True)
 
 
-def app_env(*, db: Path, redis_url: str, secret_key: str, var_dir: Path, **extra: str) -> dict[str, str]:
+def app_env(*, db: Path | str, redis_url: str, secret_key: str, var_dir: Path, **extra: str) -> dict[str, str]:
+    """The app's environment; ``db`` a SQLite file or a database URL."""
     return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "timeline.settings",
-        "DATABASE_URL": f"sqlite:///{db}",
+        "DATABASE_URL": db if isinstance(db, str) else f"sqlite:///{db}",
         "REDIS_URL": redis_url,
         "DJANGO_SECRET_KEY": secret_key,
         "DJANGO_DEBUG": "0",
@@ -418,8 +477,7 @@ class World:
     def __enter__(self) -> World:
         try:
             self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{self.logs.name}-"))
-            self.db = self.tmp / "db.sqlite3"
-            shutil.copyfile(self.template.db, self.db)
+            self._copy_database()
             self.logs.mkdir(parents=True, exist_ok=True)
             self._start_redis()
             self.redis_version = self.redis.info("server")["redis_version"]
@@ -439,6 +497,26 @@ class World:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _copy_database(self) -> None:
+        if self.template.postgres is None:
+            self.db = self.tmp / "db.sqlite3"
+            shutil.copyfile(self.template.db, self.db)
+            return
+        import psycopg
+
+        name = f"run_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.template.db.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {name} TEMPLATE {self.template.db.rsplit('/', 1)[1]}")
+        self.db = self._pg_database = self.template.db.rsplit("/", 1)[0] + f"/{name}"
+
+    def _drop_database(self) -> None:
+        if getattr(self, "_pg_database", None):
+            import psycopg
+
+            with psycopg.connect(self.template.db.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
+                admin.execute(f"DROP DATABASE IF EXISTS {self._pg_database.rsplit('/', 1)[1]} WITH (FORCE)")
+            self._pg_database = None
+
     def close(self) -> None:
         stop_processes(self.processes.values())
         if self.redis_server is not None:
@@ -447,6 +525,8 @@ class World:
             if closable is not None:
                 closable.close()
         self._listener = self._sql = None
+        if not self.keep:
+            self._drop_database()
         if self.keep:
             log(f"    kept {self.tmp}")
         elif self.tmp is not None:
@@ -543,7 +623,11 @@ class World:
         stop_processes([self.processes.pop(name) for name in names])
 
     def pids(self) -> dict[str, int]:
-        return {name: p.pid for name, p in self.processes.items()} | {"redis": self.redis_server.process.pid}
+        pids = {name: p.pid for name, p in self.processes.items()} | {"redis": self.redis_server.process.pid}
+        if self.template.postgres is not None:  # the server and its backends (CpuClock.TREES)
+            pid_file = self.template.postgres.data_dir / "cluster" / "postmaster.pid"
+            pids["postgres"] = int(pid_file.read_text().split()[0])
+        return pids
 
     def died(self) -> list[str]:
         """The processes that exited on their own."""
@@ -555,6 +639,13 @@ class World:
     # the database, read as it is written (WAL: reading never waits for the app)
 
     def sql(self, query: str, *args) -> list[tuple]:
+        """A query (``?`` placeholders) on the run's database."""
+        if self.template.postgres is not None:
+            import psycopg
+
+            if self._sql is None:
+                self._sql = psycopg.connect(self.db, autocommit=True)
+            return self._sql.execute(query.replace("?", "%s"), args).fetchall()
         if self._sql is None:
             self._sql = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10, check_same_thread=False)
         return self._sql.execute(query, args).fetchall()
@@ -582,9 +673,12 @@ class World:
             return error.code, dict(error.headers), json.load(error)
 
 
-def timestamp(value: str | None) -> float | None:
-    """A datetime Django stored in SQLite (UTC, naive) as UNIX seconds."""
-    return None if value is None else dt.datetime.fromisoformat(value).replace(tzinfo=dt.timezone.utc).timestamp()
+def timestamp(value: str | dt.datetime | None) -> float | None:
+    """A datetime Django stored (SQLite: text, UTC, naive; PostgreSQL: aware) as UNIX seconds."""
+    if value is None:
+        return None
+    when = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value)
+    return (when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)).timestamp()
 
 
 def wait_until(check, *, timeout: float, every: float = 0.01):

@@ -64,6 +64,20 @@ def redis():
     return connection
 
 
+@pytest.fixture(autouse=True)
+def _a_database_pool_per_test():
+    """On PostgreSQL each process lends connections from a pool (settings). A connection taken
+    by a thread of the test's own (sync_to_async in an async test) is never given back, so
+    after each test the pool is closed, and the next test opens a new one."""
+    yield
+    from django.db import connections
+
+    connection = connections["default"]
+    if connection.vendor == "postgresql" and connection.alias in type(connection)._connection_pools:
+        connection.close()
+        connection.close_pool()
+
+
 @pytest.fixture
 def store(redis):
     """The timeline store: the test Redis, or the Redis Cluster with TEST_TIMELINE_STORE=cluster."""

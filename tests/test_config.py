@@ -44,6 +44,8 @@ def start(**env: str) -> subprocess.CompletedProcess:
         ("SOCKETS_PER_USER", "none"),
         ("DJANGO_SECURE", "sometimes"),
         ("TIMELINE_IDLE_DAYS", "0"),
+        ("TIMELINE_REDIS_URL", "http://127.0.0.1:7000"),
+        ("TIMELINE_REDIS_CLUSTER", "maybe"),
     ],
 )
 def test_bad_values_stop_start_up_with_one_line_naming_the_variable(name, value):
@@ -52,6 +54,12 @@ def test_bad_values_stop_start_up_with_one_line_naming_the_variable(name, value)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert name in lines[0] and "configuration error" in lines[0]
+
+
+def test_a_cluster_named_by_a_unix_socket_is_refused():
+    result = start(TIMELINE_REDIS_CLUSTER="true", TIMELINE_REDIS_URL="unix:///tmp/nowhere.sock")
+    assert result.returncode == 1
+    assert "TIMELINE_REDIS_URL" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_good_values_start():

@@ -83,6 +83,12 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # until TCP gives up on it, hours later. The server ends such a session after 30 s instead.
     _options = DATABASES["default"].setdefault("OPTIONS", {})
     _options["options"] = f"{_options.get('options', '')} -c idle_in_transaction_session_timeout=30000".strip()
+    # Each process keeps a few connections open and lends one to each request: without a pool
+    # every request started a server backend of its own, which cost PostgreSQL more CPU than the
+    # post itself (bench/capacity.py). A lent connection is checked first, so one the server
+    # dropped (a restart, the timeout above) is replaced rather than handed out.
+    _options.setdefault("pool", {"min_size": 2, "max_size": 16, "timeout": 10})
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = config.env_redis_url("REDIS_URL", f"unix://{VAR_DIR / 'redis' / 'redis.sock'}")
