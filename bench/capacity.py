@@ -28,6 +28,18 @@ from bench.backpressure import posting_template, posting_world, row_for  # noqa:
 from bench.harness import OUT_DIR, log, machine_info, run_loadgen, stamp, write_docs  # noqa: E402
 
 P99_LIMIT_S = 2.0
+KEPT_UP = 0.95  # a rate is sustained only if the server accepted at least this share of it
+
+
+def sustained(row: dict, rate: float) -> bool:
+    """Every accepted tweet delivered, accept->done p99 under the limit, and the posts taken in as
+    fast as they were sent (a web tier that falls behind accepts less, and its backlog is not
+    in accept->done)."""
+    return (
+        row["lost"] == 0
+        and (row["accept_to_done_p99_s"] or 99) < P99_LIMIT_S
+        and row["accepted_by_server_per_s"] >= KEPT_UP * rate
+    )
 
 
 def cpu_per_post(row: dict) -> dict[str, float]:
@@ -50,7 +62,10 @@ def main() -> int:
     parser.add_argument("--follows-per-author", type=int, default=200)
     parser.add_argument("--no-docs", action="store_true")
     parser.add_argument("--databases", nargs="+", default=["sqlite", "postgres"], choices=["sqlite", "postgres"])
+    parser.add_argument("--docs-from", type=Path, metavar="DIR", help="no runs: the docs again from a finished run")
     args = parser.parse_args()
+    if args.docs_from:
+        return docs_again(args)
     out = OUT_DIR / f"capacity-{stamp()}"
     out.mkdir(parents=True)
     results = []
@@ -86,18 +101,36 @@ def measure(template, formation: str, database: str, args, out: Path) -> list[di
                 world, out=out / f"{name}.json", duration=args.duration, rate=rate, drain_timeout=60
             )
         row = row_for(name, 0, 1.0, rate, data, cpu)
-        sustained = row["lost"] == 0 and (row["accept_to_done_p99_s"] or 99) < P99_LIMIT_S
-        results.append({"database": database, "formation": formation, "rate": rate, "sustained": sustained, "row": row})
+        kept_up = sustained(row, rate)
+        results.append({"database": database, "formation": formation, "rate": rate, "sustained": kept_up, "row": row})
         log(
             f"{database} {formation} at {rate:g}/s: accepted {row['accepted_by_server_per_s']:.1f}/s, "
             f"accept->done p99 {row['accept_to_done_p99_s']} s, lost {row['lost']}: "
-            f"{'sustained' if sustained else 'NOT sustained'}"
+            f"{'sustained' if kept_up else 'NOT sustained'}"
         )
-        if not sustained:
+        if not kept_up:
             break
         best = row
     capacity = {"capacity": best["rate"], "cpu_ms_per_post": cpu_per_post(best)} if best else {"capacity": None}
     return results + [{"database": database, "formation": formation, "cpu_ms_per_post": None, **capacity}]
+
+
+def docs_again(args) -> int:
+    """The table again from a finished run's rows, judged by ``sustained`` as it is now."""
+    saved = json.loads((args.docs_from / "results.json").read_text())
+    rows = [r for r in saved["results"] if "row" in r]
+    formations = []
+    for key in dict.fromkeys((r["database"], r["formation"]) for r in rows):
+        best = None
+        for r in (r for r in rows if (r["database"], r["formation"]) == key):
+            if not sustained(r["row"], r["rate"]):
+                break
+            best = r
+        capacity = {"capacity": best["rate"], "cpu_ms_per_post": cpu_per_post(best["row"])} if best else {}
+        formations.append({"database": key[0], "formation": key[1], "capacity": None, **capacity})
+    args.rates = sorted({r["rate"] for r in rows})
+    write_docs("capacity", docs_text(formations, saved["machine"], args), heading="Posting capacity")
+    return 0
 
 
 def postgres_version() -> str:
@@ -105,7 +138,7 @@ def postgres_version() -> str:
 
     try:
         out = subprocess.run([str(find_bin_dir() / "postgres"), "--version"], capture_output=True, text=True)
-        return "PostgreSQL " + out.stdout.split()[-1]
+        return "PostgreSQL " + out.stdout.split()[2]  # "postgres (PostgreSQL) 15.18 (Debian ...)"
     except (OSError, SystemExit, IndexError):
         return "PostgreSQL (not found)"
 
@@ -118,13 +151,13 @@ def docs_text(formations: list[dict], machine: dict, args) -> str:
         f" rates {', '.join(f'{r:g}' for r in args.rates)} posts/s; the load generator shares the cores."
         " PostgreSQL's CPU counts the server and every backend.",
         "",
-        "| database | web processes x workers | capacity (posts/s, accept→done p99 < 2 s) | "
+        "| database | web processes x workers | capacity (posts/s: accept→done p99 < 2 s, 95% of the rate accepted) | "
         + " | ".join(f"{k} CPU ms/post" for k in kinds)
         + " |",
         "|---|---|---|" + "---|" * len(kinds),
     ]
     for f in formations:
-        cpu = f["cpu_ms_per_post"] or {}
+        cpu = f.get("cpu_ms_per_post") or {}
         cells = " | ".join(f"{cpu[k]:.1f}" if k in cpu else "–" for k in kinds)
         capacity = f"{f['capacity']:g}" if f["capacity"] else f"< {args.rates[0]:g}"
         lines.append(f"| {f['database']} | {f['formation']} | {capacity} | {cells} |")
