@@ -246,3 +246,52 @@ async def test_the_in_flight_limit_sheds_at_the_door_and_recovers(redis):
     while int(redis.get("metrics:shed_door_total") or 0) != 1:  # counted for /ops/, as the door's
         assert time.monotonic() < deadline
         await asyncio.sleep(0.01)
+
+
+async def test_while_the_queue_is_full_posts_are_refused_before_django(make_user, settings, redis):
+    """After the view refuses a post on the cap, the gate refuses the next ones itself, with the
+    same answer, for a moment; then a post goes to Django again, whose check is exact."""
+    from asgiref.sync import sync_to_async
+    from channels.testing import HttpCommunicator
+    from django.core.asgi import get_asgi_application
+
+    from timeline.limits import QUEUE_FULL_MEMORY_SECONDS, QueueFullGate
+
+    settings.FANOUT_QUEUE_CAP = 1
+    reached = []
+
+    async def django(scope, receive, send):
+        reached.append(scope["path"])
+        await get_asgi_application()(scope, receive, send)
+
+    gate = QueueFullGate(django)
+    cookie = await sync_to_async(session_cookie)(await sync_to_async(make_user)())
+    token = "t" * 32
+    headers = [
+        (b"host", b"127.0.0.1"),
+        (b"cookie", f"{cookie}; csrftoken={token}".encode()),
+        (b"x-csrftoken", token.encode()),
+        (b"content-type", b"application/json"),
+    ]
+
+    async def post_tweet() -> tuple[int, dict, dict]:
+        body = json.dumps({"body": "hello", "client_id": str(uuid.uuid4())}).encode()
+        answer = await HttpCommunicator(gate, "POST", "/api/tweets", body=body, headers=headers).get_response(10)
+        return answer["status"], {k.decode(): v.decode() for k, v in answer["headers"]}, json.loads(answer["body"])
+
+    assert (await post_tweet())[0] == 202  # the queue's one place
+    by_django = await post_tweet()
+    assert len(reached) == 2
+    by_gate = await post_tweet()
+    assert len(reached) == 2  # Django never saw it
+
+    assert by_django[0] == by_gate[0] == 503
+    assert by_gate[2] == by_django[2] and by_gate[2]["error"]["code"] == "overloaded"
+    assert by_gate[1]["Retry-After"] == by_django[1]["Retry-After"]
+    assert "X-Shed-Limit" not in by_django[1] and "Set-Cookie" not in by_gate[1]
+    assert await sync_to_async(Tweet.objects.count)() == 1
+
+    await asyncio.sleep(QUEUE_FULL_MEMORY_SECONDS)  # the gate forgets; the queue drains meanwhile
+    await sync_to_async(redis.delete)(QUEUE_KEY)
+    assert (await post_tweet())[0] == 202
+    assert len(reached) == 3

@@ -74,6 +74,7 @@ def api_view(*methods: str, login_required: bool = True, staff_required: bool = 
                     f"Busy delivering other tweets; try again in {exc.retry_after} s. Nothing was posted.",
                 )
                 response["Retry-After"] = str(exc.retry_after)
+                response["X-Shed-Limit"] = "queue"  # taken off by timeline.limits.QueueFullGate
                 return response
             except RateLimited as exc:
                 response = error_response(
