@@ -502,20 +502,21 @@ class World:
             self.db = self.tmp / "db.sqlite3"
             shutil.copyfile(self.template.db, self.db)
             return
-        import psycopg
-
+        server, template = self.template.db.rsplit("/", 1)
         name = f"run_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(self.template.db.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
-            admin.execute(f"CREATE DATABASE {name} TEMPLATE {self.template.db.rsplit('/', 1)[1]}")
-        self.db = self._pg_database = self.template.db.rsplit("/", 1)[0] + f"/{name}"
+        self._admin_sql(f"CREATE DATABASE {name} TEMPLATE {template}")
+        self.db = self._pg_database = f"{server}/{name}"
 
     def _drop_database(self) -> None:
         if getattr(self, "_pg_database", None):
-            import psycopg
-
-            with psycopg.connect(self.template.db.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
-                admin.execute(f"DROP DATABASE IF EXISTS {self._pg_database.rsplit('/', 1)[1]} WITH (FORCE)")
+            self._admin_sql(f"DROP DATABASE IF EXISTS {self._pg_database.rsplit('/', 1)[1]} WITH (FORCE)")
             self._pg_database = None
+
+    def _admin_sql(self, statement: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.template.db.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
+            admin.execute(statement)
 
     def close(self) -> None:
         stop_processes(self.processes.values())

@@ -286,6 +286,19 @@ def new_client_id() -> str:
     return str(uuid.uuid4())
 
 
+def every_page(user, *, limit: int) -> list[int]:
+    """The ids of a home timeline, read page by page with ``before`` to the end."""
+    from timeline import selectors
+
+    seen, before = [], None
+    while True:
+        result = selectors.home_timeline(user=user, limit=limit, before=before)
+        seen += [t.pk for t in result.tweets]
+        if result.next_before is None:
+            return seen
+        before = result.next_before
+
+
 def session_cookie(user) -> str:
     """A session cookie for ``user``, usable against the live server (same database and key)."""
     client = Client()

@@ -14,6 +14,7 @@ from fanout import delivery, timelines, watermark
 from fanout.admission import FANOUT_QUEUE, enqueue_fanout
 from fanout.models import Fanout
 from fanout.relay import relay_fanouts
+from tests.conftest import every_page
 from timeline import selectors
 from timeline.models import Follow, Tweet
 from timeline.services import follow_create, follow_delete, tweet_create
@@ -134,14 +135,7 @@ def test_timeline_is_capped_and_older_pages_come_from_the_database(make_user, ru
     run_worker()
 
     assert store.zcard(timelines.key(follower.pk)) == 10 + 1  # the cap, plus the sentinel
-    seen, before = [], None
-    while True:
-        page = selectors.home_timeline(user=follower, limit=4, before=before)
-        seen += [t.pk for t in page.tweets]
-        if page.next_before is None:
-            break
-        before = page.next_before
-    assert seen == [t.pk for t in reversed(tweets)]
+    assert every_page(follower, limit=4) == [t.pk for t in reversed(tweets)]
 
 
 def test_after_returns_only_newer_tweets(make_user):

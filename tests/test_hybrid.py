@@ -18,7 +18,7 @@ from channels.testing import HttpCommunicator, WebsocketCommunicator
 
 from fanout import delivery, timelines, watermark
 from fanout.models import Fanout
-from tests.conftest import session_cookie
+from tests.conftest import every_page, session_cookie
 from tests.test_reads import Django
 from timeline import selectors
 from timeline.asgi import application
@@ -152,14 +152,7 @@ def test_paging_gap_fill_and_deletes_stay_right_across_merged_sources(star, make
         tweets.append(post(friend, f"small {i}"))
     expected = [t.pk for t in reversed(tweets)]
 
-    seen, before = [], None
-    while True:
-        page = selectors.home_timeline(user=reader, limit=5, before=before)
-        seen += [t.pk for t in page.tweets]
-        if page.next_before is None:
-            break
-        before = page.next_before
-    assert seen == expected
+    assert every_page(reader, limit=5) == expected
     assert home_ids(reader, after=tweets[7].pk) == expected[: expected.index(tweets[7].pk)]
 
     gone = tweets[4]  # the big author's

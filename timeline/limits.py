@@ -85,16 +85,22 @@ class InFlightLimit:
             }
         )
         await send({"type": "http.response.body", "body": _BODY})
-        # Counted for /ops/, without making the answer wait for Redis.
-        task = asyncio.create_task(self._count_shed())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        count_shed(self._background, limit="door")
 
-    async def _count_shed(self) -> None:
+
+def count_shed(background: set[asyncio.Task], *, limit: str) -> None:
+    """Count a shed request for /ops/ in the background: the answer does not wait for Redis.
+    ``background`` holds the task until it ends (the loop keeps only a weak reference)."""
+
+    async def count() -> None:
         try:
-            await metrics.record_shed_async(limit="door")
+            await metrics.record_shed_async(limit=limit)
         except Exception:
-            logger.debug("could not count a request shed at the door", exc_info=True)
+            logger.debug("could not count a request shed by the %s limit", limit, exc_info=True)
+
+    task = asyncio.create_task(count())
+    background.add(task)
+    task.add_done_callback(background.discard)
 
 
 def _exempt(path: str) -> bool:
@@ -162,12 +168,4 @@ class QueueFullGate:
         headers, body = self.answer
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        task = asyncio.create_task(self._count())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _count(self) -> None:
-        try:
-            await metrics.record_shed_async(limit="queue")
-        except Exception:
-            logger.debug("could not count a post refused on the queue cap", exc_info=True)
+        count_shed(self._background, limit="queue")
