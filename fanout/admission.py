@@ -117,7 +117,6 @@ def admit(*, author_id: int) -> Ticket:
     if admitted == 0:
         metrics.record_shed(limit="queue", redis=redis)
         raise Overloaded(retry_after=retry_after(depth=int(value)), depth=int(value))
-    metrics.record_arrival(redis=redis)
     return Ticket(token)
 
 
@@ -136,10 +135,11 @@ def retry_after(*, depth: int) -> int:
 def push_job(tweet_id: int, *, ticket: Ticket | None = None) -> None:
     """Put the fan-out job of a committed tweet on the queue (Redis only; see enqueue_fanout).
 
-    With a ticket (a new tweet) the job joins the back of the queue and the reservation is
-    released in the same transaction; without one (work already accepted once: the relay,
-    staff) it goes to the front. RQ retries nothing: a failed attempt is recorded on the outbox
-    row, and the relay, which owns retries, queues the next one (see fanout.relay).
+    With a ticket (a new tweet) the job joins the back of the queue, and the reservation is
+    released and the arrival counted in the same transaction; without one (work already
+    accepted once: the relay, staff) it goes to the front. RQ retries nothing: a failed attempt
+    is recorded on the outbox row, and the relay, which owns retries, queues the next one (see
+    fanout.relay).
     """
     redis = get_redis()
     with redis.pipeline() as pipe:
@@ -154,22 +154,26 @@ def push_job(tweet_id: int, *, ticket: Ticket | None = None) -> None:
         )
         if ticket is not None:
             pipe.zrem(RESERVATIONS_KEY, ticket.token)
+            metrics.queue_arrival(pipe)
         pipe.execute()
 
 
-def enqueue_fanout(tweet_id: int, *, ticket: Ticket | None = None) -> None:
-    """Queue the fan-out job of a committed tweet and mark its outbox row queued."""
+def enqueue_fanout(fanout: Fanout, *, ticket: Ticket | None = None) -> None:
+    """Queue the fan-out job of a committed tweet and mark its outbox row (and ``fanout``,
+    the caller's copy of it) queued."""
     now = timezone.now()
-    push_job(tweet_id, ticket=ticket)
+    push_job(fanout.pk, ticket=ticket)
     # The worker may already be running the job: only a pending row becomes queued. The job
     # is on the queue whatever happens to this bookkeeping (a busy SQLite can refuse it): a row
     # left pending is found on the queue by the relay, which then only marks it.
     try:
-        Fanout.objects.filter(pk=tweet_id, state=Fanout.State.PENDING).update(
+        Fanout.objects.filter(pk=fanout.pk, state=Fanout.State.PENDING).update(
             enqueued_at=now, state=Fanout.State.QUEUED
         )
     except DatabaseError:
-        logger.warning("fan-out of tweet %s queued, but its row could not be marked queued", tweet_id, exc_info=True)
+        logger.warning("fan-out of tweet %s queued, but its row could not be marked queued", fanout.pk, exc_info=True)
+    else:
+        fanout.state, fanout.enqueued_at = Fanout.State.QUEUED, now
 
 
 def waiting_on_queue(tweet_ids: Sequence[int]) -> set[int]:

@@ -32,38 +32,46 @@ def _key(name: str, second: int) -> str:
     return f"metrics:{name}:{second}"
 
 
-def _queue_adds(pipe, amounts: dict[str, float], totals: tuple[str, ...]) -> None:
+def _queue_adds(pipe, amounts: dict[str, float], totals: dict[str, int] | None = None) -> None:
     second = int(time.time())
     for name, amount in amounts.items():
         pipe.incrbyfloat(_key(name, second), amount)
         pipe.expire(_key(name, second), KEEP_SECONDS)
-    for name in totals:
-        pipe.incr(f"metrics:{name}")
+    for name, amount in (totals or {}).items():
+        pipe.incrby(f"metrics:{name}", amount)
 
 
-def _add(amounts: dict[str, float], *, totals: tuple[str, ...] = (), redis: Redis | None = None) -> None:
+def _add(amounts: dict[str, float], *, totals: dict[str, int] | None = None, redis: Redis | None = None) -> None:
     """Add to this second's bucket of each named series (and to running totals), in one round trip."""
     with (redis or get_redis()).pipeline(transaction=False) as pipe:
         _queue_adds(pipe, amounts, totals)
         pipe.execute()
 
 
-def record_arrival(*, redis: Redis | None = None) -> None:
-    _add({"arrivals": 1}, redis=redis)
+def queue_arrival(pipe) -> None:
+    """Count a tweet admitted to the queue, in the pipeline that pushes its job."""
+    _queue_adds(pipe, {"arrivals": 1})
 
 
-def _shed(limit: str) -> tuple[dict[str, float], tuple[str, ...]]:
-    return {"shed": 1, f"shed_{limit}": 1}, ("shed_total", f"shed_{limit}_total")
+def _shed(counts: dict[str, int]) -> tuple[dict[str, float], dict[str, int]]:
+    """The series and totals for ``counts`` requests shed, by the limit that shed them."""
+    amounts: dict[str, float] = {"shed": sum(counts.values())}
+    totals = {"shed_total": sum(counts.values())}
+    for limit, count in counts.items():
+        amounts[f"shed_{limit}"] = count
+        totals[f"shed_{limit}_total"] = count
+    return amounts, totals
 
 
 def record_shed(*, limit: str = "queue", redis: Redis | None = None) -> None:
-    amounts, totals = _shed(limit)
+    amounts, totals = _shed({limit: 1})
     _add(amounts, totals=totals, redis=redis)
 
 
-async def record_shed_async(*, limit: str = "door") -> None:
-    """record_shed, for code running in the event loop (the in-flight limit at the door)."""
-    amounts, totals = _shed(limit)
+async def record_shed_async(counts: dict[str, int]) -> None:
+    """record_shed, for code running in the event loop, for several requests at once
+    (``counts``: how many each limit shed; see timeline.limits.ShedCounter)."""
+    amounts, totals = _shed(counts)
     async with get_async_redis().pipeline(transaction=False) as pipe:
         _queue_adds(pipe, amounts, totals)
         await pipe.execute()

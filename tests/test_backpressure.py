@@ -56,6 +56,27 @@ def test_a_shed_post_retried_with_the_same_client_id_makes_exactly_one_tweet(
     again = post(client, client_id)
 
     assert (retried.status_code, again.status_code) == (202, 200)
+
+def test_an_accepted_post_retried_while_the_queue_is_full_or_the_author_limited_gets_its_tweet(
+    make_user, client_for, settings
+):
+    """The retry of a post whose 202 was lost learns it was accepted, whatever the limits say."""
+    settings.FANOUT_QUEUE_CAP, settings.TWEET_RATE_LIMIT = 1, 0
+    client = client_for(make_user())
+    client_id = str(uuid.uuid4())
+    made = post(client, client_id)
+    assert made.status_code == 202
+    assert post(client).status_code == 503  # the queue is full now
+
+    retried = post(client, client_id)
+    settings.FANOUT_QUEUE_CAP, settings.TWEET_RATE_LIMIT = 0, 1
+    assert [post(client).status_code for _ in range(2)] == [202, 429]  # the author is at the limit
+    limited = post(client, client_id)
+
+    assert (retried.status_code, limited.status_code) == (200, 200)
+    assert retried.json()["tweet"] == limited.json()["tweet"] == made.json()["tweet"]
+    assert Tweet.objects.filter(client_id=client_id).count() == 1
+
     assert Tweet.objects.filter(client_id=client_id).count() == 1
 
 

@@ -71,7 +71,7 @@ def test_running_the_job_twice_leaves_the_same_timelines_and_counts(make_user, r
 
     # Both ways a job can run again: RQ running it a second time, and the delivery code itself
     # running over a row it already finished (a retry after a crash that left it "running").
-    enqueue_fanout(tweet.pk)
+    enqueue_fanout(Fanout.objects.get(pk=tweet.pk))
     run_worker()
     Fanout.objects.filter(pk=tweet.pk).update(state=Fanout.State.RUNNING)
     delivery.deliver_tweet(tweet_id=tweet.pk)

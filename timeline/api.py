@@ -185,7 +185,7 @@ def tweets(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         raise invalid(form.errors)
     result = services.tweet_create(author=request.user, **form.cleaned_data)
-    tweet = selectors.tweet_with_fanout(tweet_id=result.tweet.pk)
+    tweet = result.tweet  # with its author and outbox row, as made or as found
     body = {"tweet": tweet_payload(tweet), "fanout": fanout_payload(tweet.fanout)}
     return JsonResponse(body, status=202 if result.created else 200)
 

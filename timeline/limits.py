@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 
 from fanout import metrics
 
@@ -51,7 +52,7 @@ class InFlightLimit:
         # Requests in progress, and the bound, for each budget: one event loop per process, no lock.
         self.limits = {"main": limit, "anonymous auth": max(1, int(limit * ANONYMOUS_AUTH_SHARE))}
         self.in_progress = dict.fromkeys(self.limits, 0)
-        self._background: set[asyncio.Task] = set()
+        self.shed = ShedCounter()
 
     @property
     def in_flight(self) -> int:
@@ -85,22 +86,39 @@ class InFlightLimit:
             }
         )
         await send({"type": "http.response.body", "body": _BODY})
-        count_shed(self._background, limit="door")
+        self.shed.count("door")
 
 
-def count_shed(background: set[asyncio.Task], *, limit: str) -> None:
-    """Count a shed request for /ops/ in the background: the answer does not wait for Redis.
-    ``background`` holds the task until it ends (the loop keeps only a weak reference)."""
+class ShedCounter:
+    """Requests shed in the event loop, counted for /ops/ a few times a second.
 
-    async def count() -> None:
+    Under overload most requests are shed, and one Redis round trip (and task) for each made
+    counting them cost more than refusing them. Counts gather here and go to Redis together,
+    FLUSH_SECONDS after the first of them: at most one round trip per interval, whatever the
+    load, and the answer never waits for Redis. A count that cannot be written is dropped
+    (it is a gauge for people, not a record).
+    """
+
+    FLUSH_SECONDS = 0.25
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.flushing: asyncio.Task | None = None
+
+    def count(self, limit: str) -> None:
+        self.counts[limit] += 1
+        loop = asyncio.get_running_loop()
+        if self.flushing is None or self.flushing.done() or self.flushing.get_loop() is not loop:
+            # The task is held here until it ends: the loop keeps only a weak reference.
+            self.flushing = loop.create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(self.FLUSH_SECONDS)
+        counts, self.counts = dict(self.counts), Counter()
         try:
-            await metrics.record_shed_async(limit=limit)
+            await metrics.record_shed_async(counts)
         except Exception:
-            logger.debug("could not count a request shed by the %s limit", limit, exc_info=True)
-
-    task = asyncio.create_task(count())
-    background.add(task)
-    task.add_done_callback(background.discard)
+            logger.debug("could not count %s requests shed", counts, exc_info=True)
 
 
 def _exempt(path: str) -> bool:
@@ -133,7 +151,7 @@ class QueueFullGate:
         self.app = app
         self.full_until = 0.0
         self.answer: tuple[list[tuple[bytes, bytes]], bytes] | None = None
-        self._background: set[asyncio.Task] = set()
+        self.shed = ShedCounter()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"] != TWEETS_PATH or scope["method"] != "POST":
@@ -168,4 +186,4 @@ class QueueFullGate:
         headers, body = self.answer
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        count_shed(self._background, limit="queue")
+        self.shed.count("queue")

@@ -106,28 +106,32 @@ def tweet_create(
     cap nor the rate limit applies, and the fan-out joins the front of the queue.
     """
     body = validate_tweet_body(body)
-    existing = Tweet.objects.filter(author=author, client_id=client_id).select_related("author").first()
-    if existing is not None:
-        return PostResult(existing, created=False)
     tweet = Tweet(author=author, body=body, client_id=client_id)
     # The database enforces the constraints (and a duplicate client_id is caught below);
     # checking them here too would cost a query each on every post.
     tweet.full_clean(validate_unique=False, validate_constraints=False)
     # Back pressure before any write: over the queue cap this raises Overloaded and nothing
-    # is made (see fanout.admission). The ticket holds a queue slot until the enqueue.
-    ticket = admission.admit(author_id=author.pk) if admission_control else None
+    # is made (see fanout.admission). The ticket holds a queue slot until the job is pushed.
+    # A retry of a post that was made is answered with that post, not refused: it is looked
+    # for when the post is refused, or when its insert meets the same client_id (which is
+    # cheaper than a query before every post, for the retry that is rare).
+    try:
+        ticket = admission.admit(author_id=author.pk) if admission_control else None
+    except (admission.Overloaded, admission.RateLimited):
+        if (existing := _tweet_by_client_id(author, client_id)) is not None:
+            return PostResult(existing, created=False)
+        raise
     try:
         with transaction.atomic():
             _commit_tweet_ids_in_order()
             tweet.save()
-            Fanout.objects.create(tweet=tweet)
-            transaction.on_commit(partial(_after_tweet_commit, tweet, ticket))
+            fanout = Fanout.objects.create(tweet=tweet)
+            transaction.on_commit(partial(_after_tweet_commit, tweet, fanout, ticket))
     except IntegrityError:
         if ticket is not None:
             admission.release(ticket)
-        # The same client_id raced in from a concurrent retry and won: answer with its tweet.
-        existing = Tweet.objects.filter(author=author, client_id=client_id).select_related("author").first()
-        if existing is None:
+        # A retry of a post already made, or of one racing in from a concurrent retry.
+        if (existing := _tweet_by_client_id(author, client_id)) is None:
             raise
         return PostResult(existing, created=False)
     except BaseException:
@@ -135,6 +139,10 @@ def tweet_create(
             admission.release(ticket)
         raise
     return PostResult(tweet, created=True)
+
+
+def _tweet_by_client_id(author: AbstractBaseUser, client_id: uuid.UUID) -> Tweet | None:
+    return Tweet.objects.filter(author=author, client_id=client_id).select_related("author", "fanout").first()
 
 
 # Any 64-bit number, the same in every process: the key of PostgreSQL's advisory lock below.
@@ -157,13 +165,13 @@ def _commit_tweet_ids_in_order() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [TWEET_ORDER_LOCK])
 
 
-def _after_tweet_commit(tweet: Tweet, ticket: admission.Ticket | None) -> None:
+def _after_tweet_commit(tweet: Tweet, fanout: Fanout, ticket: admission.Ticket | None) -> None:
     # The tweet is committed, so it is accepted whatever happens next: nothing here may turn
     # the answer into an error. If the enqueue fails, the outbox relay queues the fan-out that
     # is still pending; if the author's timeline cannot be written, it is dropped and rebuilt
     # from the database on read. The two steps are independent: neither failure skips the other.
     try:
-        admission.enqueue_fanout(tweet.pk, ticket=ticket)
+        admission.enqueue_fanout(fanout, ticket=ticket)
     except Exception:
         logger.exception("tweet %s committed but maybe not queued; the outbox relay will see to it", tweet.pk)
     with suppress(Exception):  # a cache: a miss is filled on the first read
