@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 from django.db.models import F
 
-from fanout.models import Fanout
+from fanout.models import Fanout, Retraction
 from fanout.relay import requeue
 
 
@@ -52,3 +52,22 @@ class FanoutAdmin(admin.ModelAdmin):
             # A running fan-out whose lease is live is left to its worker (requeue says no).
             count += requeue(fanout.tweet_id, seen_state=fanout.state, seen_enqueued_at=fanout.enqueued_at)
         self.message_user(request, f"Queued {count} fan-out(s) again.", messages.SUCCESS)
+
+
+@admin.register(Retraction)
+class RetractionAdmin(admin.ModelAdmin):
+    """Deleted tweets and their removal from timelines: read only (the relay retries)."""
+
+    list_display = ["tweet_id", "author", "created_at", "enqueued_at", "done_at", "attempts"]
+    list_filter = [("done_at", admin.EmptyFieldListFilter), "created_at"]
+    search_fields = ["author__username", "=tweet_id"]
+    list_select_related = ["author"]
+    readonly_fields = [f.name for f in Retraction._meta.fields]
+    date_hierarchy = "created_at"
+    ordering = ["-created_at"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -177,14 +177,20 @@ def enqueue_fanout(fanout: Fanout, *, ticket: Ticket | None = None) -> None:
 
 
 def waiting_on_queue(tweet_ids: Sequence[int]) -> set[int]:
-    """Those of ``tweet_ids`` whose job is on the fan-out queue now, in one round trip."""
-    if not tweet_ids:
+    """Those of ``tweet_ids`` whose fan-out job is on the queue now, in one round trip."""
+    waiting = waiting_jobs([job_id(tweet_id) for tweet_id in tweet_ids])
+    return {tweet_id for tweet_id in tweet_ids if job_id(tweet_id) in waiting}
+
+
+def waiting_jobs(job_ids: Sequence[str]) -> set[str]:
+    """Those of ``job_ids`` on the fan-out queue now, in one round trip."""
+    if not job_ids:
         return set()
     with get_redis().pipeline(transaction=False) as pipe:
-        for tweet_id in tweet_ids:
-            pipe.lpos(QUEUE_KEY, job_id(tweet_id))
+        for one in job_ids:
+            pipe.lpos(QUEUE_KEY, one)
         positions = pipe.execute()
-    return {tweet_id for tweet_id, pos in zip(tweet_ids, positions, strict=True) if pos is not None}
+    return {one for one, pos in zip(job_ids, positions, strict=True) if pos is not None}
 
 
 def workers_listening() -> int:

@@ -5,7 +5,9 @@ conditional UPDATE that succeeds only if no other live run holds its lease, so t
 fan-out never work at once. It then walks the followers in batches, and after each batch's
 timeline writes it renews the lease and saves the cursor in one UPDATE, guarded by its own
 lease token: a run that finds its lease taken (it stalled past the lease, and the relay gave
-the work to another worker) or its row gone (the tweet was deleted) stops there.
+the work to another worker) or its row gone (the tweet was deleted) stops there. A run stopped
+by a delete also takes the tweet back out of the timelines it wrote since its last renewal,
+which the delete's own removal (``fanout.retraction``) may have passed already.
 
 Every step is idempotent, because any run may be cut short and redone: timeline writes are set
 insertions, and a run that takes over resumes after the saved cursor with the saved count.
@@ -24,7 +26,7 @@ from django.utils import timezone
 
 from fanout import presence, push, timelines
 from fanout.models import Fanout
-from timeline.models import Follow
+from timeline.models import Follow, Tweet
 from timeline.payloads import tweet_payload
 
 logger = logging.getLogger(__name__)
@@ -118,6 +120,7 @@ def deliver_tweet(*, tweet_id: int) -> None:
         logger.warning(
             "fan-out of tweet %s stopped at %d: its lease was taken or the tweet deleted", tweet_id, run.delivered
         )
+        run.undo_if_deleted()
         return
     except Exception as exc:
         _record_failure(fanout, token, exc, delivered=run.delivered, recipients=run.recipients)
@@ -135,11 +138,14 @@ class Run:
         self.recipients = max(followers, self.delivered)
         self.mode = Fanout.Mode.WRITE
         self.last_pushes: list[tuple[int, push.Event]] = []
+        # The timelines written since the last renewal: what a delete may have to take back.
+        self.unconfirmed: list[int] = []
 
     def on_write(self) -> None:
         """Into every (materialized) follower's timeline, a batch at a time, then live to those online."""
         batch_size = settings.FANOUT_BATCH_SIZE
         for batch in follower_id_batches(self.author_id, after=self.cursor, batch_size=batch_size):
+            self.unconfirmed = batch
             timelines.add(tweet_id=self.tweet_id, user_ids=batch)
             self.delivered, self.cursor = self.delivered + len(batch), batch[-1]
             self.recipients = max(self.recipients, self.delivered)
@@ -178,6 +184,7 @@ class Run:
         )
         if not renewed:
             raise LeaseLost
+        self.unconfirmed = []
         # Timelines first, then the push: a follower told of a tweet can always load it.
         push.send([*pushes, (self.author_id, self._event("running"))])
 
@@ -200,8 +207,17 @@ class Run:
         )
         if not finished:
             logger.warning("fan-out of tweet %s finished after losing its lease (or its tweet)", self.tweet_id)
+            self.undo_if_deleted()
             return
         push.send([*self.last_pushes, (self.author_id, self._event("done"))])
+
+    def undo_if_deleted(self) -> None:
+        """After a lost lease: if the tweet was deleted, take it out of what this run wrote
+        since its last renewal (on read: the author's timeline). No push was sent for it."""
+        if Tweet.objects.filter(pk=self.tweet_id).exists():
+            return  # another run took over: the writes are its too
+        author_id = self.author_id if self.mode == Fanout.Mode.READ else None
+        timelines.retract(tweet_id=self.tweet_id, user_ids=self.unconfirmed, author_id=author_id)
 
     def _event(self, state: str) -> push.Event:
         return push.fanout_event(

@@ -7,7 +7,7 @@ because only here is the job known to have come off the queue.
 from django.utils import timezone
 from rq import get_current_job
 
-from fanout import delivery, metrics
+from fanout import delivery, metrics, retraction
 
 
 def fanout_tweet(tweet_id: int) -> None:
@@ -15,3 +15,7 @@ def fanout_tweet(tweet_id: int) -> None:
     if job is not None and job.enqueued_at is not None:
         metrics.record_start(waited_seconds=(timezone.now() - job.enqueued_at).total_seconds())
     delivery.deliver_tweet(tweet_id=tweet_id)
+
+
+def retract_tweet(tweet_id: int) -> None:
+    retraction.retract(tweet_id)

@@ -18,6 +18,7 @@ so a fan-out taken over from a dead worker resumes where that worker stopped.
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
@@ -67,3 +68,26 @@ class Fanout(models.Model):
         if self.started_at and self.finished_at:
             return self.finished_at - self.started_at
         return None
+
+
+class Retraction(models.Model):
+    """A deleted tweet, and the outbox of its removal from the timelines it reached.
+
+    Written in the transaction that deletes the tweet, so a delete that committed always has
+    its removal recorded; the job (``fanout.delivery.retract``) marks it done, and the relay
+    queues it again if its job was lost. It also answers a repeated delete: the author's is
+    done already (204), anyone else's tweet stays unknown to them (404).
+    """
+
+    tweet_id = models.BigIntegerField(primary_key=True)
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    enqueued_at = models.DateTimeField(default=timezone.now)
+    done_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["done_at", "enqueued_at"], name="retraction_pending")]
+
+    def __str__(self) -> str:
+        return f"removal of deleted tweet {self.tweet_id}: {'done' if self.done_at else 'to do'}"

@@ -1,6 +1,7 @@
 """The one place that talks to the channel layer.
 
-Events are plain dicts with a ``type`` (``tweet.new``, ``fanout.progress``, ``fanout.done``),
+Events are plain dicts with a ``type`` (``tweet.new``, ``tweet.deleted``, ``fanout.progress``,
+``fanout.done``),
 sent to per-user groups; the websocket consumer forwards them to the browser unchanged. Each
 socket is also in its login session's group, which hears ``session.ended`` on logout.
 
@@ -56,6 +57,10 @@ def session_ended() -> Event:
 
 def tweet_new(tweet: dict[str, Any]) -> Event:
     return {"type": "tweet.new", "tweet": tweet}
+
+
+def tweet_deleted(tweet_id: int) -> Event:
+    return {"type": "tweet.deleted", "tweet_id": tweet_id}
 
 
 def fanout_event(

@@ -62,6 +62,15 @@ end
 return added
 """
 
+# Removes ARGV[1] from every set in KEYS; returns from how many.
+_REMOVE_SCRIPT = """
+local removed = 0
+for i, key in ipairs(KEYS) do
+  removed = removed + redis.call('ZREM', key, ARGV[1])
+end
+return removed
+"""
+
 # Creates KEYS[1] holding only the sentinel, expiring in ARGV[1] seconds, unless it exists.
 # (A script rather than EXPIRE NX, which Redis 6.2, the bundled fallback server, lacks.)
 _BEGIN_SCRIPT = """
@@ -118,14 +127,26 @@ def add_to_author(*, author_id: int, tweet_id: int, redis: Redis | None = None) 
     return _add(tweet_id, [author_key(author_id)], redis)
 
 
+def retract(*, tweet_id: int, user_ids: Sequence[int], author_id: int | None = None, redis: Redis | None = None) -> int:
+    """Remove a deleted tweet from the home timelines of ``user_ids`` (and from its author's
+    timeline, which readers merge, if ``author_id``); returns from how many."""
+    keys = [key(u) for u in user_ids] + ([author_key(author_id)] if author_id is not None else [])
+    return _run(_REMOVE_SCRIPT, keys, [tweet_id], redis)
+
+
 def _add(tweet_id: int, keys: list[str], redis: Redis | None) -> int:
+    return _run(_ADD_SCRIPT, keys, [tweet_id, settings.TIMELINE_CAP], redis)
+
+
+def _run(script: str, keys: list[str], args: list, redis: Redis | None) -> int:
+    """Run a script over many keys (summing its answers): one call on one Redis, one per hash
+    slot on a cluster."""
     if not keys:
         return 0
     client = redis or get_timeline_redis()
-    args = [tweet_id, settings.TIMELINE_CAP]
     if isinstance(client, RedisCluster):
-        return sum(_per_slot(client, _ADD_SCRIPT, keys, args))
-    return int(client.register_script(_ADD_SCRIPT)(keys=keys, args=args))
+        return sum(_per_slot(client, script, keys, args))
+    return int(client.register_script(script)(keys=keys, args=args))
 
 
 def _per_slot(cluster: RedisCluster, script: str, keys: list[str], args: list) -> list[int]:

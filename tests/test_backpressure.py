@@ -57,6 +57,7 @@ def test_a_shed_post_retried_with_the_same_client_id_makes_exactly_one_tweet(
 
     assert (retried.status_code, again.status_code) == (202, 200)
 
+
 def test_an_accepted_post_retried_while_the_queue_is_full_or_the_author_limited_gets_its_tweet(
     make_user, client_for, settings
 ):

@@ -87,6 +87,41 @@ def test_a_follower_sees_a_new_tweet_live_and_the_author_sees_it_delivered(
     expect(mine.locator(".tweet-status")).to_have_attribute("data-state", "done")
 
 
+def test_a_deleted_tweet_leaves_the_authors_and_the_followers_open_pages(
+    page, second_page, make_user, transactional_db
+):
+    author, reader = make_user(), make_user()
+    services.follow_create(follower=reader, followee=author)
+    log_in(page, author)
+    log_in(second_page, reader)
+    expect_connected(page)
+    expect_connected(second_page)
+    post(page, "A tweet to take back")
+    saved = wait_until_made(page, "A tweet to take back")
+    wait_for_fanout_done(page, saved.pk)
+    theirs = second_page.locator(TWEETS).filter(has_text="A tweet to take back")
+    expect(theirs).to_have_count(1)
+    expect(theirs.get_by_role("button", name="Delete")).to_be_hidden()  # not theirs to delete
+    second_page.evaluate("window.sameDocument = true")
+
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+    page.locator(TWEETS).filter(has_text="A tweet to take back").get_by_role("button", name="Delete").click()
+
+    expect(page.locator(TWEETS).filter(has_text="A tweet to take back")).to_have_count(0)
+    expect(theirs).to_have_count(0)  # live, without a reload
+    assert asked and "cannot be undone" in asked[0]
+    assert second_page.evaluate("window.sameDocument === true")
+    assert not Tweet.objects.filter(pk=saved.pk).exists()
+    page.reload()
+    expect(page.locator(TWEETS).filter(has_text="A tweet to take back")).to_have_count(0)
+
+
+def wait_until_made(page: Page, body: str) -> Tweet:
+    wait_until(page, lambda: Tweet.objects.filter(body=body).exists(), f"the tweet {body!r} is made")
+    return Tweet.objects.get(body=body)
+
+
 def test_a_tweet_posted_while_the_socket_was_down_is_shown_once_after_reconnecting(
     page, make_user, transactional_db, live_app
 ):

@@ -38,6 +38,14 @@ class TweetAdmin(admin.ModelAdmin):
         # row and admission control, which a bare model form would skip.
         return False
 
+    def delete_model(self, request, obj: Tweet) -> None:
+        # Through the service: the tweet also leaves every timeline and open page it reached.
+        services.tweet_delete(user=request.user, tweet_id=obj.pk, as_staff=True)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for tweet_id in queryset.values_list("pk", flat=True):
+            services.tweet_delete(user=request.user, tweet_id=tweet_id, as_staff=True)
+
     @admin.display(description="body")
     def short_body(self, tweet: Tweet) -> str:
         return tweet.body if len(tweet.body) <= 60 else tweet.body[:59] + "…"

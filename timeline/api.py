@@ -190,8 +190,14 @@ def tweets(request: HttpRequest) -> HttpResponse:
     return JsonResponse(body, status=202 if result.created else 200)
 
 
-@api_view("GET")
+@api_view("GET", "DELETE")
 def tweet_detail(request: HttpRequest, tweet_id: int) -> HttpResponse:
+    if request.method == "DELETE":
+        try:
+            services.tweet_delete(user=request.user, tweet_id=tweet_id)
+        except services.TweetNotFound:
+            raise ApiError(404, "not_found", f"There is no tweet {tweet_id} of yours.") from None
+        return HttpResponse(status=204)
     try:
         tweet = selectors.tweet_with_fanout(tweet_id=tweet_id)
     except selectors.Tweet.DoesNotExist:

@@ -17,8 +17,8 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.http import HttpRequest
 
-from fanout import admission, push, timelines
-from fanout.models import Fanout
+from fanout import admission, push, retraction, timelines
+from fanout.models import Fanout, Retraction
 from timeline import throttles, tweet_cache
 from timeline.models import TWEET_MAX_LENGTH, Follow, Tweet
 from timeline.validation import is_blank
@@ -143,6 +143,56 @@ def tweet_create(
 
 def _tweet_by_client_id(author: AbstractBaseUser, client_id: uuid.UUID) -> Tweet | None:
     return Tweet.objects.filter(author=author, client_id=client_id).select_related("author", "fanout").first()
+
+
+class TweetNotFound(Exception):
+    """No such tweet that this user may delete (it does not exist, or it is someone else's)."""
+
+
+def tweet_delete(*, user: AbstractBaseUser, tweet_id: int, as_staff: bool = False) -> None:
+    """Delete one's own tweet (staff, with ``as_staff``, anyone's): gone from the database at
+    once, and from every timeline and open page it reached by a job (fanout.retraction).
+
+    Idempotent: deleting a tweet one deleted already does nothing. Raises TweetNotFound for a
+    tweet that is not the user's, so that nobody learns whether someone else's exists.
+    """
+    try:
+        with transaction.atomic():
+            tweet = Tweet.objects.filter(pk=tweet_id).first()
+            if tweet is None:
+                if as_staff or _deleted_by(user, tweet_id):
+                    return  # deleted already
+                raise TweetNotFound(tweet_id)
+            if tweet.author_id != user.pk and not as_staff:
+                raise TweetNotFound(tweet_id)
+            Retraction.objects.create(tweet_id=tweet.pk, author_id=tweet.author_id)
+            Tweet.objects.filter(pk=tweet.pk).delete()  # and its outbox row
+            transaction.on_commit(partial(_after_tweet_delete, tweet.pk, tweet.author_id))
+    except IntegrityError:
+        # A concurrent delete of the same tweet committed first (PostgreSQL; SQLite's writes
+        # take turns, so the second finds the tweet gone).
+        if not (as_staff or _deleted_by(user, tweet_id)):
+            raise
+
+
+def _deleted_by(user: AbstractBaseUser, tweet_id: int) -> bool:
+    return Retraction.objects.filter(pk=tweet_id, author_id=user.pk).exists()
+
+
+def _after_tweet_delete(tweet_id: int, author_id: int) -> None:
+    # Committed: the tweet is gone whatever happens here. Its author's pages and timelines are
+    # put right at once; the followers' by the job, which the relay queues again if this fails.
+    with suppress(Exception):  # a cache entry filled by a read racing the commit
+        tweet_cache.drop([tweet_id])
+    try:
+        timelines.retract(tweet_id=tweet_id, user_ids=[author_id], author_id=author_id)
+        push.send([(author_id, push.tweet_deleted(tweet_id))])
+    except Exception:
+        logger.warning("deleted tweet %s: its author's timeline is left to the job", tweet_id, exc_info=True)
+    try:
+        retraction.enqueue(tweet_id)
+    except Exception:
+        logger.exception("deleted tweet %s: its removal not queued; the relay will see to it", tweet_id)
 
 
 # Any 64-bit number, the same in every process: the key of PostgreSQL's advisory lock below.

@@ -70,6 +70,7 @@ api_patterns = [
 urlpatterns = [
     path("", views.home, name="home"),
     path("tweets/new", views.compose, name="compose"),
+    path("tweets/<id:tweet_id>/delete", views.delete_tweet, name="delete-tweet"),
     path("u/<username:username>/", views.profile, name="profile"),
     path("u/<username:username>/follow", views.follow, name="follow"),
     path(

@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views import defaults
 from django.views.decorators.http import require_GET, require_POST
 from redis.exceptions import RedisError
@@ -106,6 +107,21 @@ def follow(request: HttpRequest, username: str) -> HttpResponse:
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     return redirect("profile", username=followee.username)
+
+
+@login_required
+@require_POST
+def delete_tweet(request: HttpRequest, tweet_id: int) -> HttpResponse:
+    """The delete button without JavaScript: a plain POST, then back to the page it was on."""
+    try:
+        services.tweet_delete(user=request.user, tweet_id=tweet_id)
+    except services.TweetNotFound:
+        raise Http404(f"There is no tweet {tweet_id} of yours.") from None
+    messages.success(request, "Your tweet was deleted.")
+    back = request.POST.get("next", "")
+    if url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        return redirect(back)
+    return redirect("home")
 
 
 @require_POST

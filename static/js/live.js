@@ -5,7 +5,16 @@
 
 import { api } from "./api.js";
 import { delay } from "./backoff.js";
-import { describeFanout, findTweetByClientId, findTweetById, localizeTimes, renderTweet, setStatus } from "./tweets.js";
+import {
+  describeFanout,
+  findTweetByClientId,
+  findTweetById,
+  isDeleted,
+  localizeTimes,
+  removeTweet,
+  renderTweet,
+  setStatus,
+} from "./tweets.js";
 
 const PING_EVERY_MS = 25_000;
 const RECONNECT = { base: 1000, cap: 30_000 };
@@ -122,7 +131,7 @@ function nearTop() {
 }
 
 function arrive(tweets) {
-  const fresh = tweets.filter((t) => t && Number.isInteger(t.id) && !isShown(t));
+  const fresh = tweets.filter((t) => t && Number.isInteger(t.id) && !isShown(t) && !isDeleted(t.id));
   if (!fresh.length) return;
   if (!viewingOlder && nearTop() && held.length === 0) {
     insertAtTop(fresh, { animate: true });
@@ -130,6 +139,15 @@ function arrive(tweets) {
     held.push(...fresh);
     updateBar();
   }
+}
+
+// A tweet deleted (here, in another page, or by its author): off the page, and out of the bar.
+function forget(id) {
+  if (!Number.isInteger(id)) return;
+  removeTweet(timeline, id);
+  const before = held.length;
+  held = held.filter((t) => t.id !== id);
+  if (held.length !== before) updateBar();
 }
 
 // -- delivery progress of one's own tweets ----------------------------------------------------
@@ -246,6 +264,7 @@ function connect() {
       return;
     }
     if (event.type === "tweet.new") arrive([event.tweet]);
+    else if (event.type === "tweet.deleted") forget(event.tweet_id);
     else if (event.type === "fanout.progress" || event.type === "fanout.done") onFanout(event);
     else if (event.type === "pong" && gapFilled) noteWatermark(event.watermark);
   });

@@ -2,7 +2,7 @@
 // through the JSON API. Without JavaScript the home page's "Older" link loads /?before=<id>.
 
 import { api } from "./api.js";
-import { findTweetById, localizeTimes, renderTweet } from "./tweets.js";
+import { enableDeleting, findTweetById, isDeleted, localizeTimes, renderTweet } from "./tweets.js";
 
 const REFRESH_TIMES_MS = 60_000;
 
@@ -22,7 +22,7 @@ async function loadOlder(event) {
     const page = await api(`${older.dataset.source}?${query}`);
     for (const tweet of page.tweets) {
       // A tweet can be both on the page and in the next page (posted or delivered meanwhile).
-      if (!findTweetById(timeline, tweet.id)) timeline.append(renderTweet(tweet));
+      if (!findTweetById(timeline, tweet.id) && !isDeleted(tweet.id)) timeline.append(renderTweet(tweet));
     }
     if (page.next_before == null) {
       older.parentElement.remove();
@@ -44,6 +44,7 @@ async function loadOlder(event) {
 }
 
 if (timeline) {
+  enableDeleting(timeline);
   localizeTimes(timeline);
   setInterval(() => localizeTimes(timeline), REFRESH_TIMES_MS);
 }

@@ -2,6 +2,8 @@
 // server renders from templates/timeline/_tweet.html), found again by id or client_id, and
 // given a status line. Everything from the server goes in through textContent.
 
+import { api } from "./api.js";
+
 const TEMPLATE_ID = "tweet-template";
 
 export function profileUrl(username) {
@@ -25,6 +27,49 @@ export function fillTweet(el, payload) {
   author.href = profileUrl(payload.author.username);
   el.querySelector(".tweet-body").textContent = payload.body;
   setTime(el.querySelector(".tweet-time"), payload.created_at);
+  // One's own tweet, once the server has given it an id, can be deleted.
+  const remove = el.querySelector(".tweet-delete");
+  const mine = payload.id != null && payload.author.username === document.body.dataset.username;
+  remove.hidden = !mine;
+  if (mine) remove.action = `/tweets/${encodeURIComponent(payload.id)}/delete`;
+}
+
+// -- deleting ---------------------------------------------------------------------------------
+
+// Tweets deleted while this page is open: one that arrives later (a fan-out that raced the
+// delete, a page of older tweets read before the delete) is not shown again.
+const deleted = new Set();
+
+export function isDeleted(id) {
+  return deleted.has(Number(id));
+}
+
+// The tweet leaves this page (a delete here, or a tweet.deleted event from another page).
+export function removeTweet(root, id) {
+  deleted.add(Number(id));
+  findTweetById(root, id)?.remove();
+}
+
+// The delete buttons of the tweets in root: confirm, DELETE through the API, and the tweet
+// leaves the page. Without JavaScript the same button posts its form.
+export function enableDeleting(root) {
+  root.addEventListener("submit", async (event) => {
+    const form = event.target.closest(".tweet-delete");
+    if (!form) return;
+    event.preventDefault();
+    const el = form.closest(".tweet");
+    const id = el?.dataset.tweetId;
+    if (!id || !window.confirm("Delete this tweet? This cannot be undone.")) return;
+    const button = form.querySelector("button");
+    button.disabled = true;
+    try {
+      await api(`/api/tweets/${encodeURIComponent(id)}`, { method: "DELETE" });
+      removeTweet(root, id);
+    } catch (failure) {
+      button.disabled = false;
+      setStatus(el, "delete-failed", `Not deleted. ${failure.message}`);
+    }
+  });
 }
 
 export function findTweetById(root, id) {
@@ -37,7 +82,7 @@ export function findTweetByClientId(root, clientId) {
 
 // The one place a tweet's status line changes: posting (compose.js) now, live delivery progress
 // later. state is "" (no status), "sending", "backoff" (server busy, an automatic retry is
-// due), "failed" (the server did not take the tweet), or a
+// due), "failed" (the server did not take the tweet), "delete-failed", or a
 // fan-out state: "pending", "queued", "running", "done", "delivery-failed".
 export function setStatus(el, state, text = "") {
   const status = el.querySelector(".tweet-status");

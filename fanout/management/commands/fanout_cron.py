@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand
 from django.db import OperationalError
 from redis.exceptions import RedisError
 
-from fanout import metrics, presence, watermark
+from fanout import metrics, presence, retraction, watermark
 from fanout.relay import RELAY_EVERY, relay_fanouts
 
 logger = logging.getLogger("fanout.cron")
@@ -28,7 +28,7 @@ class Command(BaseCommand):
             started = time.monotonic()
             chores = [metrics.sample_depth, watermark.publish]
             if once or tick % RELAY_EVERY == 0:
-                chores.append(relay_fanouts)
+                chores += [relay_fanouts, retraction.relay]
             if once or tick % PRUNE_EVERY == 0:
                 chores.append(presence.prune)
             for chore in chores:
