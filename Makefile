@@ -19,8 +19,10 @@ run: $(VENV)/.run-deps
 	@# Settings are read (and every variable checked) before anything starts.
 	@$(BIN)/python manage.py check -v 0
 	$(BIN)/python manage.py migrate --noinput -v 0
+	@# Every process writes its metrics for /metrics here (fanout/prometheus.py); a start begins at zero.
+	@rm -rf $(VAR_DIR)/prometheus && mkdir -p $(VAR_DIR)/prometheus
 	@echo "Starting on http://127.0.0.1:$(PORT)/ with $(WEB_PROCESSES) web process(es) and $(WORKERS) worker(s); Ctrl-C stops everything."
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/supervisord -c supervisord.conf
+	PATH="$(CURDIR)/$(BIN):$$PATH" PROMETHEUS_MULTIPROC_DIR=$(VAR_DIR)/prometheus $(BIN)/supervisord -c supervisord.conf
 
 # What `make run` is running (in another terminal); any supervisorctl command works the same way:
 #   VAR_DIR=$PWD/var .venv/bin/supervisorctl -c supervisord.conf restart worker:*

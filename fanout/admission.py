@@ -30,7 +30,7 @@ from django.utils import timezone
 from django_rq import get_queue
 from rq import worker_registration
 
-from fanout import metrics
+from fanout import metrics, prometheus
 from fanout.connection import get_redis
 from fanout.models import Fanout
 
@@ -113,6 +113,7 @@ def admit(*, author_id: int) -> Ticket:
         args=[settings.FANOUT_QUEUE_CAP, time.time(), token, RESERVATION_TTL, limit, window],
     )
     if admitted == -1:
+        prometheus.RATE_LIMITED.inc()
         raise RateLimited(retry_after=max(int(value), 1))
     if admitted == 0:
         metrics.record_shed(limit="queue", redis=redis)

@@ -16,6 +16,7 @@ insertions, and a run that takes over resumes after the saved cursor with the sa
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -24,7 +25,7 @@ from django.conf import settings
 from django.db.models import F, Q
 from django.utils import timezone
 
-from fanout import presence, push, timelines
+from fanout import presence, prometheus, push, timelines
 from fanout.models import Fanout
 from timeline.models import Follow, Tweet
 from timeline.payloads import tweet_payload
@@ -140,6 +141,7 @@ class Run:
         self.last_pushes: list[tuple[int, push.Event]] = []
         # The timelines written since the last renewal: what a delete may have to take back.
         self.unconfirmed: list[int] = []
+        self.started = time.monotonic()
 
     def on_write(self) -> None:
         """Into every (materialized) follower's timeline, a batch at a time, then live to those online."""
@@ -210,6 +212,9 @@ class Run:
             self.undo_if_deleted()
             return
         push.send([*self.last_pushes, (self.author_id, self._event("done"))])
+        prometheus.FANOUTS.labels(self.mode).inc()
+        prometheus.DELIVERIES.labels(self.mode).inc(self.delivered)
+        prometheus.FANOUT_SECONDS.labels(self.mode).observe(time.monotonic() - self.started)
 
     def undo_if_deleted(self) -> None:
         """After a lost lease: if the tweet was deleted, take it out of what this run wrote

@@ -7,13 +7,15 @@ because only here is the job known to have come off the queue.
 from django.utils import timezone
 from rq import get_current_job
 
-from fanout import delivery, metrics, retraction
+from fanout import delivery, metrics, prometheus, retraction
 
 
 def fanout_tweet(tweet_id: int) -> None:
     job = get_current_job()
     if job is not None and job.enqueued_at is not None:
-        metrics.record_start(waited_seconds=(timezone.now() - job.enqueued_at).total_seconds())
+        waited = (timezone.now() - job.enqueued_at).total_seconds()
+        metrics.record_start(waited_seconds=waited)
+        prometheus.QUEUE_WAIT.observe(max(waited, 0.0))
     delivery.deliver_tweet(tweet_id=tweet_id)
 
 

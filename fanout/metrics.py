@@ -50,7 +50,7 @@ def _add(amounts: dict[str, float], *, totals: dict[str, int] | None = None, red
 
 def queue_arrival(pipe) -> None:
     """Count a tweet admitted to the queue, in the pipeline that pushes its job."""
-    _queue_adds(pipe, {"arrivals": 1})
+    _queue_adds(pipe, {"arrivals": 1}, {"arrivals_total": 1})
 
 
 def _shed(counts: dict[str, int]) -> tuple[dict[str, float], dict[str, int]]:

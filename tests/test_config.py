@@ -46,6 +46,8 @@ def start(**env: str) -> subprocess.CompletedProcess:
         ("TIMELINE_IDLE_DAYS", "0"),
         ("TIMELINE_REDIS_URL", "http://127.0.0.1:7000"),
         ("TIMELINE_REDIS_CLUSTER", "maybe"),
+        ("METRICS_TOKEN", "short"),
+        ("METRICS_TOKEN", "with a space in it, long enough"),
     ],
 )
 def test_bad_values_stop_start_up_with_one_line_naming_the_variable(name, value):

@@ -1,5 +1,6 @@
 """ASGI entry point: HTTP through Django, websockets through Channels (see timeline.routing)."""
 
+import atexit
 import gc
 import os
 import resource
@@ -14,6 +15,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from fanout import prometheus  # noqa: E402
 from timeline.hot_reads import HotReads  # noqa: E402
 from timeline.limits import InFlightLimit, QueueFullGate  # noqa: E402
 from timeline.routing import RefuseDuringOutage, SameOriginOnly, websocket_urlpatterns  # noqa: E402
@@ -30,6 +32,9 @@ gc.set_threshold(10_000, 50, 100)
 _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 if _hard == resource.RLIM_INFINITY or _soft < _hard:
     resource.setrlimit(resource.RLIMIT_NOFILE, (_hard if _hard != resource.RLIM_INFINITY else 1 << 20, _hard))
+
+# This process's open-sockets gauge leaves /metrics with it.
+atexit.register(prometheus.process_exiting)
 
 application = ProtocolTypeRouter(
     {

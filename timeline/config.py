@@ -44,6 +44,16 @@ def env_bool(name: str, default: bool) -> bool:
     raise ConfigError(name, f"must be true or false (1/0, yes/no, on/off), got {raw!r}")
 
 
+def env_token(name: str, *, min_length: int = 16) -> str:
+    """A secret shared with another program (empty: none): printable ASCII without spaces."""
+    raw = os.environ.get(name, "").strip()
+    if raw and not (raw.isascii() and raw.isprintable() and " " not in raw):
+        raise ConfigError(name, "must be printable ASCII without spaces")
+    if raw and len(raw) < min_length:
+        raise ConfigError(name, f"must be at least {min_length} characters, got {len(raw)}")
+    return raw
+
+
 def env_path(name: str, default: Path) -> Path:
     raw = os.environ.get(name, "").strip()
     if raw == "":

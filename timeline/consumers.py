@@ -19,7 +19,7 @@ from django.contrib.sessions.models import Session
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from fanout import presence, watermark
+from fanout import presence, prometheus, watermark
 from fanout.push import session_group, user_group
 from timeline import validation
 
@@ -44,6 +44,7 @@ def _session_expiry(session_key: str):
 
 class TimelineConsumer(AsyncJsonWebsocketConsumer):
     groups_joined: tuple[str, ...] = ()
+    counted = False  # in the open-sockets gauge
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -63,6 +64,8 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
         await presence.mark_online(self.user_id)
         evicted = await presence.add_socket(self.user_id, self.channel_name, cap=settings.SOCKETS_PER_USER)
         await self.accept()
+        prometheus.SOCKETS.inc()
+        self.counted = True
         for channel in evicted:
             await self.channel_layer.send(channel, {"type": "socket.replaced"})
         self.tasks = [
@@ -71,6 +74,9 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
         ]
 
     async def disconnect(self, code: int) -> None:
+        if self.counted:
+            prometheus.SOCKETS.dec()
+            self.counted = False
         for task in getattr(self, "tasks", []):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -7,8 +7,9 @@ the same cores starve, and even a 503 from the queue cap takes seconds to say. P
 ``WEB_MAX_IN_FLIGHT`` requests this wrapper answers 503 with Retry-After itself, in the event
 loop, before any thread or query, so shedding stays cheap exactly when it is needed.
 
-Health checks, staff stats and static files are never shed: they are how overload is seen. Home
-timelines answered from Redis (timeline.hot_reads) never reach the door: they take no thread.
+Health checks, staff stats, metrics and static files are never shed: they are how overload is
+seen. Home timelines answered from Redis (timeline.hot_reads) never reach the door: they take
+no thread.
 
 Logging in and signing up without a session are the cheapest requests to send and among the
 costliest to answer (a password hash each), so they get a budget of their own, a small share of
@@ -28,7 +29,7 @@ from fanout import metrics
 
 logger = logging.getLogger(__name__)
 
-EXEMPT_PATHS = frozenset({"/healthz", "/api/stats"})
+EXEMPT_PATHS = frozenset({"/healthz", "/api/stats", "/metrics"})
 EXEMPT_PREFIXES = ("/static/",)
 ANONYMOUS_AUTH_PATHS = frozenset({"/api/auth/login", "/api/auth/signup", "/login/", "/signup/"})
 # The anonymous auth budget, as a share of the door's limit (at least one request).

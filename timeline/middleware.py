@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 from redis.exceptions import RedisError
+
+from fanout import prometheus
 
 logger = logging.getLogger(__name__)
 
@@ -61,3 +64,24 @@ class ServiceUnavailableMiddleware:
             return None
         logger.warning("%s unavailable during %s %s: %s", part, request.method, request.path, exception)
         return unavailable_response(request, part)
+
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class RequestMetricsMiddleware:
+    """Time each answer for /metrics, by view name (bounded: URL names, not paths)."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        response = self.get_response(request)
+        match = getattr(request, "resolver_match", None)
+        view = (match.view_name or "unnamed") if match is not None else "no match"
+        method = request.method if request.method in KNOWN_METHODS else "other"
+        prometheus.REQUEST_SECONDS.labels(view, method, f"{response.status_code // 100}xx").observe(
+            time.perf_counter() - started
+        )
+        return response

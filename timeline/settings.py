@@ -32,6 +32,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "timeline.middleware.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -251,3 +252,6 @@ LOGGING = {
         "fanout": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }
+
+# /metrics answers staff, and a Prometheus server sending "Authorization: Bearer <METRICS_TOKEN>".
+METRICS_TOKEN = config.env_token("METRICS_TOKEN")

@@ -2,6 +2,7 @@ from csp.decorators import csp_update
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, register_converter
+from django.views.generic import RedirectView
 from django_rq.stats_views import stats_json
 from django_rq.urls import get_admin_urlpatterns
 
@@ -49,6 +50,8 @@ def _rq_dashboard_patterns():
     return [
         *get_admin_urlpatterns(view_wrapper=lambda view: allow_inline(admin.site.admin_view(view))),
         path("stats.json", allow_inline(admin.site.admin_view(stats_json)), name="home_json"),
+        # The dashboard links to its metrics when prometheus_client is installed: ours.
+        path("metrics/", RedirectView.as_view(pattern_name="metrics"), name="metrics"),
     ]
 
 
@@ -81,6 +84,7 @@ urlpatterns = [
     path("logout/", views.logout_view, name="logout"),
     path("signup/", views.signup, name="signup"),
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", views.metrics, name="metrics"),
     path("ops/", views.ops, name="ops"),
     path("api/", include((api_patterns, "api"))),
     path("admin/rq/", include((_rq_dashboard_patterns(), "django_rq"))),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import sys
 import uuid
 
@@ -17,8 +18,10 @@ from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views import defaults
 from django.views.decorators.http import require_GET, require_POST
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
+from fanout import prometheus
 from fanout.admission import Overloaded, RateLimited
 from fanout.connection import get_redis
 from timeline import selectors, services, throttles, validation
@@ -160,6 +163,30 @@ def signup(request: HttpRequest) -> HttpResponse:
 def ops(request: HttpRequest) -> HttpResponse:
     """Live charts of the fan-out queue (drawn by static/js/ops.js from GET /api/stats)."""
     return render(request, "ops.html", {"cap": settings.FANOUT_QUEUE_CAP})
+
+
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Every metric in Prometheus's text format (fanout/prometheus.py): for staff, or for a
+    scraper sending ``Authorization: Bearer <METRICS_TOKEN>``."""
+    if not (_metrics_token_sent(request) or (request.user.is_authenticated and request.user.is_staff)):
+        anonymous = not request.user.is_authenticated
+        response = HttpResponse(
+            "Staff only, or send Authorization: Bearer <METRICS_TOKEN>.\n",
+            status=401 if anonymous else 403,
+            content_type="text/plain; charset=utf-8",
+        )
+        if anonymous:
+            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    return HttpResponse(prometheus.exposition(), content_type=CONTENT_TYPE_LATEST)
+
+
+def _metrics_token_sent(request: HttpRequest) -> bool:
+    token = settings.METRICS_TOKEN
+    sent = request.headers.get("Authorization", "")
+    # Bytes: compare_digest refuses non-ASCII text, and a header can carry any.
+    return bool(token) and hmac.compare_digest(sent.encode(), f"Bearer {token}".encode())
 
 
 @require_GET
