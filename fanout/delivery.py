@@ -22,15 +22,19 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db.models import F, Q
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from fanout import presence, prometheus, push, timelines
 from fanout.models import Fanout
+from timeline import text
 from timeline.models import Follow, Tweet
 from timeline.payloads import tweet_payload
 
 logger = logging.getLogger(__name__)
+User = get_user_model()
 
 # A failed attempt is tried again after 2^(attempts-1) seconds, at most this long: a Redis or
 # database outage of any length is waited out, and an accepted tweet is never given up on.
@@ -134,7 +138,8 @@ class Run:
 
     def __init__(self, fanout: Fanout, token: str, followers: int) -> None:
         self.tweet_id, self.author_id, self.token = fanout.pk, fanout.tweet.author_id, token
-        self.event = push.tweet_new(tweet_payload(fanout.tweet))
+        self.payload = tweet_payload(fanout.tweet)
+        self.event = push.tweet_new(self.payload)
         self.delivered, self.cursor, self.live = fanout.delivered, fanout.cursor, 0
         self.recipients = max(followers, self.delivered)
         self.mode = Fanout.Mode.WRITE
@@ -212,9 +217,23 @@ class Run:
             self.undo_if_deleted()
             return
         push.send([*self.last_pushes, (self.author_id, self._event("done"))])
+        self._tell_the_mentioned()
         prometheus.FANOUTS.labels(self.mode).inc()
         prometheus.DELIVERIES.labels(self.mode).inc(self.delivered)
         prometheus.FANOUT_SECONDS.labels(self.mode).observe(time.monotonic() - self.started)
+
+    def _tell_the_mentioned(self) -> None:
+        """mention.new to each user the tweet mentions (but its author), once it is delivered."""
+        names = [name.lower() for name in text.mentions(self.payload["body"])]
+        if not names:
+            return
+        mentioned = (
+            User.objects.annotate(name=Lower("username"))
+            .filter(name__in=names)
+            .exclude(pk=self.author_id)
+            .values_list("pk", flat=True)
+        )
+        push.send([(user_id, push.mention_new(self.payload)) for user_id in mentioned])
 
     def undo_if_deleted(self) -> None:
         """After a lost lease: if the tweet was deleted, take it out of what this run wrote

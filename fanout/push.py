@@ -1,9 +1,9 @@
 """The one place that talks to the channel layer.
 
-Events are plain dicts with a ``type`` (``tweet.new``, ``tweet.deleted``, ``fanout.progress``,
-``fanout.done``),
-sent to per-user groups; the websocket consumer forwards them to the browser unchanged. Each
-socket is also in its login session's group, which hears ``session.ended`` on logout.
+Events are plain dicts with a ``type`` (``tweet.new``, ``tweet.deleted``, ``mention.new``,
+``fanout.progress``, ``fanout.done``), sent to per-user groups; the websocket consumer forwards
+them to the browser unchanged. Each socket is also in its login session's group, which hears
+``session.ended`` on logout.
 
 Workers are synchronous, and the channel layer is asyncio. With the pub/sub layer (the
 default, see docs/benchmarks.md) a group send is one PUBLISH, and the layer sends them one at a
@@ -57,6 +57,10 @@ def session_ended() -> Event:
 
 def tweet_new(tweet: dict[str, Any]) -> Event:
     return {"type": "tweet.new", "tweet": tweet}
+
+
+def mention_new(tweet: dict[str, Any]) -> Event:
+    return {"type": "mention.new", "tweet": tweet}
 
 
 def tweet_deleted(tweet_id: int) -> Event:

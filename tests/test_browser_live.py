@@ -117,6 +117,28 @@ def test_a_deleted_tweet_leaves_the_authors_and_the_followers_open_pages(
     expect(page.locator(TWEETS).filter(has_text="A tweet to take back")).to_have_count(0)
 
 
+def test_a_live_tweets_mentions_tags_and_links_match_the_server_rendered_page(
+    page, second_page, make_user, transactional_db
+):
+    author, reader = make_user(), make_user()
+    services.follow_create(follower=reader, followee=author)
+    log_in(page, author)
+    log_in(second_page, reader)
+    expect_connected(second_page)
+    body = f'Hi @{reader.username}! #Straße <b>not bold</b> https://example.com/a_(b). & "quotes"'
+    post(page, body)
+
+    arrived = second_page.locator(TWEETS).filter(has_text="not bold").locator(".tweet-body")
+    expect(arrived.get_by_role("link", name=f"@{reader.username}")).to_have_attribute("href", f"/u/{reader.username}/")
+    expect(second_page.locator("[data-mentions]")).to_contain_text(f"{author.username} mentioned you")
+    live = arrived.inner_html()
+    second_page.reload()
+    served = second_page.locator(TWEETS).filter(has_text="not bold").locator(".tweet-body").inner_html()
+    assert live == served
+    assert '<a class="tag" href="/tags/strasse/">#Straße</a>' in served
+    assert 'rel="nofollow noopener noreferrer"' in served and "&lt;b&gt;not bold&lt;/b&gt;" in served
+
+
 def wait_until_made(page: Page, body: str) -> Tweet:
     wait_until(page, lambda: Tweet.objects.filter(body=body).exists(), f"the tweet {body!r} is made")
     return Tweet.objects.get(body=body)

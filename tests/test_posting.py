@@ -36,6 +36,7 @@ def test_post_creates_tweet_outbox_row_job_and_own_timeline_entry(make_user, cli
         "id": tweet.pk,
         "author": {"id": author.pk, "username": author.username},
         "body": "hello world",
+        "parts": [["text", "hello world"]],
         "created_at": data["tweet"]["created_at"],
         "client_id": client_id,
     }

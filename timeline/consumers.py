@@ -33,7 +33,7 @@ CLOSE_UNAUTHENTICATED = 4401  # never logged in, logged out, or the session expi
 CLOSE_REPLACED = 4409  # the account opened more than SOCKETS_PER_USER sockets: this was the oldest
 # RFC 6455's 1013 "Try Again Later" is not a code an ASGI app may send: 4000 + HTTP's 503.
 CLOSE_TRY_AGAIN_LATER = 4503
-FORWARDED_EVENTS = frozenset({"tweet.new", "tweet.deleted", "fanout.progress", "fanout.done"})
+FORWARDED_EVENTS = frozenset({"tweet.new", "tweet.deleted", "mention.new", "fanout.progress", "fanout.done"})
 
 
 @database_sync_to_async
@@ -133,6 +133,9 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(event)
 
     async def tweet_deleted(self, event: dict) -> None:
+        await self.send_json(event)
+
+    async def mention_new(self, event: dict) -> None:
         await self.send_json(event)
 
     async def fanout_progress(self, event: dict) -> None:

@@ -45,3 +45,16 @@ class Follow(models.Model):
 
     def __str__(self) -> str:
         return f"{self.follower} follows {self.followee}"
+
+
+class TweetTag(models.Model):
+    """A #tag a tweet carries, in its compared form (timeline.text.tag_key): the tag pages."""
+
+    tweet = models.ForeignKey(Tweet, on_delete=models.CASCADE, related_name="tags")
+    tag = models.CharField(max_length=400)  # a 100-character tag can grow under NFKC and casefold
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tag", "tweet"], name="tweettag_unique")]
+
+    def __str__(self) -> str:
+        return f"#{self.tag} on {self.tweet_id}"

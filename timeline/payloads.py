@@ -10,6 +10,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 
 from fanout.models import Fanout
+from timeline import text
 from timeline.models import Tweet
 
 
@@ -26,6 +27,9 @@ def tweet_payload(tweet: Tweet) -> dict[str, Any]:
         "id": tweet.pk,
         "author": user_payload(tweet.author),
         "body": tweet.body,
+        # The body split into text, mentions, tags and links (timeline.text), for the page to
+        # build the same elements as the server-rendered page, with no HTML parsed.
+        "parts": text.tokenize(tweet.body),
         "created_at": _iso(tweet.created_at),
         "client_id": str(tweet.client_id),
     }

@@ -186,6 +186,14 @@ def user_tweets(*, author: AbstractBaseUser, limit: int = DEFAULT_PAGE_SIZE, bef
     return _page(list(query.order_by("-id")[: limit + 1]), limit)
 
 
+def tagged_tweets(*, tag: str, limit: int = DEFAULT_PAGE_SIZE, before: int | None = None) -> Page:
+    """Tweets carrying ``tag`` (its compared form, timeline.text.tag_key), newest first."""
+    query = Tweet.objects.filter(tags__tag=tag).select_related("author")
+    if before is not None:
+        query = query.filter(id__lt=before)
+    return _page(list(query.order_by("-id")[: limit + 1]), limit)
+
+
 def _page(tweets: list[Tweet], limit: int) -> Page:
     if len(tweets) > limit:
         tweets = tweets[:limit]

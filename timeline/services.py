@@ -19,8 +19,8 @@ from django.http import HttpRequest
 
 from fanout import admission, push, retraction, timelines
 from fanout.models import Fanout, Retraction
-from timeline import throttles, tweet_cache
-from timeline.models import TWEET_MAX_LENGTH, Follow, Tweet
+from timeline import text, throttles, tweet_cache
+from timeline.models import TWEET_MAX_LENGTH, Follow, Tweet, TweetTag
 from timeline.validation import is_blank
 
 User = get_user_model()
@@ -126,6 +126,8 @@ def tweet_create(
             _commit_tweet_ids_in_order()
             tweet.save()
             fanout = Fanout.objects.create(tweet=tweet)
+            if tags := text.tags(body):
+                TweetTag.objects.bulk_create([TweetTag(tweet=tweet, tag=tag) for tag in tags])
             transaction.on_commit(partial(_after_tweet_commit, tweet, fanout, ticket))
     except IntegrityError:
         if ticket is not None:

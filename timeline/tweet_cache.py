@@ -25,7 +25,7 @@ TTL_SECONDS = 24 * 3600
 
 
 def key(tweet_id: int) -> str:
-    return f"tweet:{tweet_id}"
+    return f"tweet:2:{tweet_id}"  # 2: the entries that carry "parts"
 
 
 def encode(tweet: Tweet) -> bytes:

@@ -76,6 +76,8 @@ urlpatterns = [
     path("tweets/<id:tweet_id>/delete", views.delete_tweet, name="delete-tweet"),
     path("u/<username:username>/", views.profile, name="profile"),
     path("u/<username:username>/follow", views.follow, name="follow"),
+    path("t/<id:tweet_id>/", views.tweet_page, name="tweet"),
+    path("tags/<str:tag>/", views.tag_page, name="tag"),
     path(
         "login/",
         auth_views.LoginView.as_view(redirect_authenticated_user=True, authentication_form=ThrottledAuthenticationForm),

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from fanout import prometheus
 from fanout.admission import Overloaded, RateLimited
 from fanout.connection import get_redis
-from timeline import selectors, services, throttles, validation
+from timeline import selectors, services, text, throttles, validation
 from timeline.forms import SignupForm, TweetForm
 from timeline.middleware import outage_part, unavailable_response
 from timeline.models import TWEET_MAX_LENGTH
@@ -88,6 +88,31 @@ def profile(request: HttpRequest, username: str) -> HttpResponse:
         raise Http404(f"There is no user called {username}.") from None
     page = selectors.user_tweets(author=profile.user)
     return render(request, "timeline/profile.html", {"profile": profile, "page": page})
+
+
+@require_GET
+def tweet_page(request: HttpRequest, tweet_id: int) -> HttpResponse:
+    """A tweet's own page: what its timestamp links to."""
+    try:
+        tweet = selectors.tweet_with_fanout(tweet_id=tweet_id)
+    except selectors.Tweet.DoesNotExist:
+        raise Http404(f"There is no tweet {tweet_id}.") from None
+    return render(request, "timeline/tweet.html", {"tweet": tweet})
+
+
+@require_GET
+def tag_page(request: HttpRequest, tag: str) -> HttpResponse:
+    """Tweets with a #tag, newest first; ``?before=<tweet id>`` is the next page."""
+    key = text.tag_key(tag)
+    raw = request.GET.get("before", "")
+    try:
+        before = validation.parse_int(raw, low=1) if raw else None
+    except ValueError:
+        return HttpResponseBadRequest("before must be a tweet id: a positive whole number.", content_type="text/plain")
+    if not text.is_tag(key):
+        raise Http404(f"#{tag} is not a tag: tags are letters, digits and underscores, with a letter.")
+    page = selectors.tagged_tweets(tag=key, before=before)
+    return render(request, "timeline/tag.html", {"tag": key, "page": page})
 
 
 @login_required

@@ -150,6 +150,23 @@ function forget(id) {
   if (held.length !== before) updateBar();
 }
 
+// A tweet that mentions the reader: a line above the timeline, read out, linking to it.
+function noteMention(tweet) {
+  if (!tweet || !Number.isInteger(tweet.id) || isDeleted(tweet.id)) return;
+  let notice = document.querySelector("[data-mentions]");
+  if (!notice) {
+    notice = document.createElement("p");
+    notice.className = "mention-notice";
+    notice.dataset.mentions = "";
+    notice.setAttribute("role", "status");
+    timeline.before(notice);
+  }
+  const link = document.createElement("a");
+  link.href = `/t/${encodeURIComponent(tweet.id)}/`;
+  link.textContent = `${tweet.author.username} mentioned you`;
+  notice.replaceChildren(link);
+}
+
 // -- delivery progress of one's own tweets ----------------------------------------------------
 
 function applyFanout(el, event) {
@@ -265,6 +282,7 @@ function connect() {
     }
     if (event.type === "tweet.new") arrive([event.tweet]);
     else if (event.type === "tweet.deleted") forget(event.tweet_id);
+    else if (event.type === "mention.new") noteMention(event.tweet);
     else if (event.type === "fanout.progress" || event.type === "fanout.done") onFanout(event);
     else if (event.type === "pong" && gapFilled) noteWatermark(event.watermark);
   });

@@ -25,8 +25,11 @@ export function fillTweet(el, payload) {
   const author = el.querySelector(".tweet-author");
   author.textContent = payload.author.username;
   author.href = profileUrl(payload.author.username);
-  el.querySelector(".tweet-body").textContent = payload.body;
+  fillBody(el.querySelector(".tweet-body"), payload);
   setTime(el.querySelector(".tweet-time"), payload.created_at);
+  const permalink = el.querySelector(".tweet-permalink");
+  if (payload.id != null) permalink.href = `/t/${encodeURIComponent(payload.id)}/`;
+  else permalink.removeAttribute("href");
   // One's own tweet, once the server has given it an id, can be deleted.
   const remove = el.querySelector(".tweet-delete");
   const mine = payload.id != null && payload.author.username === document.body.dataset.username;
@@ -70,6 +73,41 @@ export function enableDeleting(root) {
       setStatus(el, "delete-failed", `Not deleted. ${failure.message}`);
     }
   });
+}
+
+// The body from the server's parts (timeline/text.py: the same tokenizer as the page the server
+// renders), as elements and text nodes: nothing from the tweet is ever parsed as HTML.
+const LINK_REL = "nofollow noopener noreferrer";
+const SHOWN_URL_LENGTH = 40;
+
+function fillBody(el, payload) {
+  if (!Array.isArray(payload.parts)) {
+    el.textContent = payload.body ?? "";
+    return;
+  }
+  el.replaceChildren(
+    ...payload.parts.map(([kind, value, key]) => {
+      if (kind === "text") return document.createTextNode(value);
+      const a = document.createElement("a");
+      if (kind === "mention") {
+        a.className = "mention";
+        a.href = profileUrl(value);
+        a.textContent = `@${value}`;
+      } else if (kind === "tag") {
+        a.className = "tag";
+        a.href = `/tags/${encodeURIComponent(key ?? value)}/`;
+        a.textContent = `#${value}`;
+      } else if (kind === "url" && /^https?:\/\//i.test(value)) {
+        a.href = value;
+        a.rel = LINK_REL;
+        const shown = Array.from(value.split("://").slice(1).join("://")); // code points, as the server counts
+        a.textContent = shown.length <= SHOWN_URL_LENGTH ? shown.join("") : `${shown.slice(0, SHOWN_URL_LENGTH - 1).join("")}…`;
+      } else {
+        return document.createTextNode(String(value));
+      }
+      return a;
+    }),
+  );
 }
 
 export function findTweetById(root, id) {
