@@ -20,6 +20,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from fanout import presence, prometheus, watermark
+from fanout.push import FORWARDED as FORWARDED_EVENTS
 from fanout.push import session_group, user_group
 from timeline import validation
 
@@ -33,7 +34,6 @@ CLOSE_UNAUTHENTICATED = 4401  # never logged in, logged out, or the session expi
 CLOSE_REPLACED = 4409  # the account opened more than SOCKETS_PER_USER sockets: this was the oldest
 # RFC 6455's 1013 "Try Again Later" is not a code an ASGI app may send: 4000 + HTTP's 503.
 CLOSE_TRY_AGAIN_LATER = 4503
-FORWARDED_EVENTS = frozenset({"tweet.new", "tweet.deleted", "mention.new", "fanout.progress", "fanout.done"})
 
 
 @database_sync_to_async
@@ -123,26 +123,30 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
         # a thread hop per event, a thousand in a row when one process holds a thousand
         # followers' sockets. The events below only forward a dict and touch no database.
         if message.get("type") in FORWARDED_EVENTS:
-            await self.send_json(message)
+            await self._forward(message)
             return
         await super().dispatch(message)
+
+    async def _forward(self, event: dict) -> None:
+        text = event.get("text")  # the JSON, made once by its sender (fanout.push.on_the_wire)
+        await (self.send(text_data=text) if isinstance(text, str) else self.send_json(event))
 
     # Channel-layer events, named after their types, forwarded to the browser as they are.
     # (dispatch above short-cuts them; the handlers are what Channels routes by type.)
     async def tweet_new(self, event: dict) -> None:
-        await self.send_json(event)
+        await self._forward(event)
 
     async def tweet_deleted(self, event: dict) -> None:
-        await self.send_json(event)
+        await self._forward(event)
 
     async def mention_new(self, event: dict) -> None:
-        await self.send_json(event)
+        await self._forward(event)
 
     async def fanout_progress(self, event: dict) -> None:
-        await self.send_json(event)
+        await self._forward(event)
 
     async def fanout_done(self, event: dict) -> None:
-        await self.send_json(event)
+        await self._forward(event)
 
     # Control events, for this socket only.
     async def session_ended(self, event: dict) -> None:
