@@ -7,7 +7,7 @@ because only here is the job known to have come off the queue.
 from django.utils import timezone
 from rq import get_current_job
 
-from fanout import delivery, metrics, prometheus, retraction
+from fanout import delivery, metrics, prometheus, retraction, trends
 
 
 def fanout_tweet(tweet_id: int) -> None:
@@ -21,3 +21,7 @@ def fanout_tweet(tweet_id: int) -> None:
 
 def retract_tweet(tweet_id: int) -> None:
     retraction.retract(tweet_id)
+
+
+def publish_trends() -> None:
+    trends.publish()

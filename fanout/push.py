@@ -96,7 +96,7 @@ def send(messages: Iterable[tuple[int, Event]]) -> None:
 # made once per event here: each web process then forwards a string per socket, where it would
 # decode a nested message and encode it as JSON again for every socket (most of a web process's
 # CPU in a fan-out to a thousand open pages: bench/live_latency.py).
-FORWARDED = frozenset({"tweet.new", "tweet.deleted", "mention.new", "fanout.progress", "fanout.done"})
+FORWARDED = frozenset({"tweet.new", "tweet.deleted", "mention.new", "fanout.progress", "fanout.done", "trends.updated"})
 
 
 def on_the_wire(event: Event) -> Event:

@@ -43,6 +43,7 @@ CLEARED_PER_TEST = (
     "tweet:*",
     "session:*",
     "user:*",
+    "trends:*",
 )
 _names = itertools.count()
 WORKER_COMMAND = [sys.executable, "manage.py", "fanout_worker", "-v", "0"]

@@ -139,6 +139,25 @@ def test_a_live_tweets_mentions_tags_and_links_match_the_server_rendered_page(
     assert 'rel="nofollow noopener noreferrer"' in served and "&lt;b&gt;not bold&lt;/b&gt;" in served
 
 
+def test_the_trends_panel_updates_live(page, make_user, transactional_db, live_app):
+    from redis import Redis
+
+    from fanout import trends
+
+    user = make_user()
+    log_in(page, user)
+    expect_connected(page)
+    expect(page.locator("[data-trends-empty]")).to_be_visible()
+    with Redis.from_url(live_app.env["REDIS_URL"]) as redis:  # the live app's, as its job would
+        trends.count(["sourdough"], redis=redis)
+        trends.publish(redis=redis)
+
+    item = page.locator("[data-trends] li")
+    expect(item).to_have_count(1)
+    expect(item.get_by_role("link", name="#sourdough")).to_have_attribute("href", "/tags/sourdough/")
+    expect(page.locator("[data-trends-empty]")).to_be_hidden()
+
+
 def wait_until_made(page: Page, body: str) -> Tweet:
     wait_until(page, lambda: Tweet.objects.filter(body=body).exists(), f"the tweet {body!r} is made")
     return Tweet.objects.get(body=body)

@@ -21,7 +21,7 @@ from django.views.csrf import csrf_failure as html_csrf_failure
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-from fanout import metrics
+from fanout import metrics, trends
 from fanout.admission import Overloaded, RateLimited
 from timeline import selectors, services, throttles, validation
 from timeline.forms import LoginForm, SignupForm, TweetForm
@@ -254,6 +254,13 @@ def follow(request: HttpRequest, username: str) -> HttpResponse:
         return HttpResponse(status=204)
     services.follow_create(follower=request.user, followee=followee)
     return user_detail.__wrapped__(request, username)
+
+
+@never_cache
+@api_view("GET")
+def trends_view(request: HttpRequest) -> HttpResponse:
+    """The ten #tags used most in the last hour (fanout.trends), as last published."""
+    return JsonResponse(trends.current())
 
 
 @never_cache

@@ -19,7 +19,7 @@ from django.contrib.sessions.models import Session
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from fanout import presence, prometheus, watermark
+from fanout import presence, prometheus, trends, watermark
 from fanout.push import FORWARDED as FORWARDED_EVENTS
 from fanout.push import session_group, user_group
 from timeline import validation
@@ -58,7 +58,7 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
             return
         self.user_id = user.pk
         # With Redis away these raise, and timeline.routing closes the socket with 4503.
-        self.groups_joined = (user_group(user.pk), session_group(session_key))
+        self.groups_joined = (user_group(user.pk), session_group(session_key), trends.GROUP)
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
         await presence.mark_online(self.user_id)
@@ -140,6 +140,9 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
         await self._forward(event)
 
     async def mention_new(self, event: dict) -> None:
+        await self._forward(event)
+
+    async def trends_updated(self, event: dict) -> None:
         await self._forward(event)
 
     async def fanout_progress(self, event: dict) -> None:

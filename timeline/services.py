@@ -17,7 +17,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.http import HttpRequest
 
-from fanout import admission, push, retraction, timelines
+from fanout import admission, push, retraction, timelines, trends
 from fanout.models import Fanout, Retraction
 from timeline import text, throttles, tweet_cache
 from timeline.models import TWEET_MAX_LENGTH, Follow, Tweet, TweetTag
@@ -228,6 +228,8 @@ def _after_tweet_commit(tweet: Tweet, fanout: Fanout, ticket: admission.Ticket |
         logger.exception("tweet %s committed but maybe not queued; the outbox relay will see to it", tweet.pk)
     with suppress(Exception):  # a cache: a miss is filled on the first read
         tweet_cache.put([tweet])
+    with suppress(Exception):  # a sample, not a record
+        trends.count(text.tags(tweet.body))
     try:
         timelines.add(tweet_id=tweet.pk, user_ids=[tweet.author_id])
     except Exception:

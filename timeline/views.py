@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET, require_POST
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from fanout import prometheus
+from fanout import prometheus, trends
 from fanout.admission import Overloaded, RateLimited
 from fanout.connection import get_redis
 from timeline import selectors, services, text, throttles, validation
@@ -39,7 +39,15 @@ def _home_context(request: HttpRequest, form: TweetForm | None = None, *, before
         "before": before,
         "form": form or TweetForm(initial={"client_id": uuid.uuid4()}),
         "tweet_max_length": TWEET_MAX_LENGTH,
+        "trends": _trends_or_none(),
     }
+
+
+def _trends_or_none() -> list[dict] | None:
+    try:
+        return trends.current()["trends"]
+    except RedisError:
+        return None  # the page works without its trends panel
 
 
 @login_required

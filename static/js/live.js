@@ -150,6 +150,26 @@ function forget(id) {
   if (held.length !== before) updateBar();
 }
 
+// The trends panel, from a trends.updated event: [{tag, count}], most used first.
+function showTrends(trends) {
+  const list = document.querySelector("[data-trends]");
+  if (!list || !Array.isArray(trends)) return;
+  list.replaceChildren(
+    ...trends.map(({ tag, count }) => {
+      const item = document.createElement("li");
+      const link = document.createElement("a");
+      link.href = `/tags/${encodeURIComponent(tag)}/`;
+      link.textContent = `#${tag}`;
+      const number = document.createElement("span");
+      number.className = "trends-count";
+      number.textContent = String(count);
+      item.append(link, " ", number);
+      return item;
+    }),
+  );
+  document.querySelector("[data-trends-empty]").hidden = trends.length > 0;
+}
+
 // A tweet that mentions the reader: a line above the timeline, read out, linking to it.
 function noteMention(tweet) {
   if (!tweet || !Number.isInteger(tweet.id) || isDeleted(tweet.id)) return;
@@ -283,6 +303,7 @@ function connect() {
     if (event.type === "tweet.new") arrive([event.tweet]);
     else if (event.type === "tweet.deleted") forget(event.tweet_id);
     else if (event.type === "mention.new") noteMention(event.tweet);
+    else if (event.type === "trends.updated") showTrends(event.trends);
     else if (event.type === "fanout.progress" || event.type === "fanout.done") onFanout(event);
     else if (event.type === "pong" && gapFilled) noteWatermark(event.watermark);
   });

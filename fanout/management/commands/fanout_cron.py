@@ -1,5 +1,15 @@
 """Periodic chores, in one small process: sample the queue depth, publish the low watermark
-and run the outbox relay every second, and prune expired presence marks now and then."""
+and run the outbox relays every second, queue the trends job every ten seconds, and prune
+expired presence marks now and then.
+
+A loop of our own rather than RQ's cron scheduler (``rq cron``, django-rq's ``rqcron``), for two
+reasons. The relays and the depth sample must run every second whatever the queue is doing:
+the relay is what recovers fan-outs whose jobs were lost, so it cannot be a job waiting behind
+a full queue or for a dead worker. And RQ 3.0's cron enqueues its jobs with RQ's default
+serializer, pickle, which our workers refuse (they read JSON only). The one chore that is work
+rather than bookkeeping, publishing the trends, does go through the queue: the loop only
+queues it (``fanout.trends.enqueue_publish``).
+"""
 
 import logging
 import time
@@ -8,7 +18,7 @@ from django.core.management.base import BaseCommand
 from django.db import OperationalError
 from redis.exceptions import RedisError
 
-from fanout import metrics, presence, retraction, watermark
+from fanout import metrics, presence, retraction, trends, watermark
 from fanout.relay import RELAY_EVERY, relay_fanouts
 
 logger = logging.getLogger("fanout.cron")
@@ -31,6 +41,8 @@ class Command(BaseCommand):
                 chores += [relay_fanouts, retraction.relay]
             if once or tick % PRUNE_EVERY == 0:
                 chores.append(presence.prune)
+            if once or tick % trends.EVERY_SECONDS == 0:
+                chores.append(trends.enqueue_publish)
             for chore in chores:
                 # One failing chore (Redis away, a locked database) must not stop the others,
                 # nor this process: log it and try again next round.
