@@ -58,15 +58,21 @@ def second_page(browser, live_app):
     assert not errors, f"JavaScript errors on the second page: {errors}"
 
 
-def test_a_follower_sees_a_new_tweet_live_and_the_author_sees_it_delivered(
-    page, second_page, make_user, transactional_db
-):
+def author_and_follower_live(page: Page, second_page: Page, make_user):
+    """An author on ``page`` and a follower on ``second_page``, both pages' sockets connected."""
     author, reader = make_user(), make_user()
     services.follow_create(follower=reader, followee=author)
     log_in(page, author)
     log_in(second_page, reader)
     expect_connected(page)
     expect_connected(second_page)
+    return author, reader
+
+
+def test_a_follower_sees_a_new_tweet_live_and_the_author_sees_it_delivered(
+    page, second_page, make_user, transactional_db
+):
+    author, reader = author_and_follower_live(page, second_page, make_user)
     expect(page.locator(LIVE)).to_contain_text("Live")  # a text label, not only a colour
     second_page.evaluate("window.sameDocument = true")  # gone if the page reloads
 
@@ -90,12 +96,7 @@ def test_a_follower_sees_a_new_tweet_live_and_the_author_sees_it_delivered(
 def test_a_deleted_tweet_leaves_the_authors_and_the_followers_open_pages(
     page, second_page, make_user, transactional_db
 ):
-    author, reader = make_user(), make_user()
-    services.follow_create(follower=reader, followee=author)
-    log_in(page, author)
-    log_in(second_page, reader)
-    expect_connected(page)
-    expect_connected(second_page)
+    author, reader = author_and_follower_live(page, second_page, make_user)
     post(page, "A tweet to take back")
     saved = wait_until_made(page, "A tweet to take back")
     wait_for_fanout_done(page, saved.pk)
@@ -120,11 +121,7 @@ def test_a_deleted_tweet_leaves_the_authors_and_the_followers_open_pages(
 def test_a_live_tweets_mentions_tags_and_links_match_the_server_rendered_page(
     page, second_page, make_user, transactional_db
 ):
-    author, reader = make_user(), make_user()
-    services.follow_create(follower=reader, followee=author)
-    log_in(page, author)
-    log_in(second_page, reader)
-    expect_connected(second_page)
+    author, reader = author_and_follower_live(page, second_page, make_user)
     body = f'Hi @{reader.username}! #Straße <b>not bold</b> https://example.com/a_(b). & "quotes"'
     post(page, body)
 
