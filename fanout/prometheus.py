@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 
 from django.conf import settings
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # Seconds: from a fast request or job to a slow one past the 30 s Retry-After ceiling.
@@ -94,18 +94,18 @@ def exposition() -> bytes:
 
         multiprocess.MultiProcessCollector(registry)
     else:
-        registry.register(_ThisProcess())
+        registry.register(_ThisProcess())  # prometheus_client's own registry, as it is
     registry.register(QueueCollector())
     registry.register(RQCollector())
     return generate_latest(registry)
 
 
 class _ThisProcess:
-    """The metrics above, from this process only (no multi-process folder)."""
+    """Every metric this process registered (no multi-process folder): the ones above and the
+    rest prometheus_client and django-rq register by default."""
 
     def collect(self):
-        for metric in (REQUEST_SECONDS, RATE_LIMITED, QUEUE_WAIT, FANOUT_SECONDS, FANOUTS, DELIVERIES, SOCKETS):
-            yield from metric.collect()
+        yield from REGISTRY.collect()
 
 
 def process_exiting() -> None:

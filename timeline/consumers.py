@@ -119,9 +119,10 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "pong", "watermark": low_watermark})
 
     async def dispatch(self, message: dict) -> None:
-        # Channels closes stale database connections, in a worker thread, before each handler:
-        # a thread hop per event, a thousand in a row when one process holds a thousand
-        # followers' sockets. The events below only forward a dict and touch no database.
+        # Events for the page (fanout.push.FORWARDED) are passed on here and need no handler.
+        # Channels' own dispatch would first close stale database connections in a worker
+        # thread: a thread hop per event, a thousand in a row when one process holds a thousand
+        # followers' sockets, for events that touch no database.
         if message.get("type") in FORWARDED_EVENTS:
             await self._forward(message)
             return
@@ -130,26 +131,6 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
     async def _forward(self, event: dict) -> None:
         text = event.get("text")  # the JSON, made once by its sender (fanout.push.on_the_wire)
         await (self.send(text_data=text) if isinstance(text, str) else self.send_json(event))
-
-    # Channel-layer events, named after their types, forwarded to the browser as they are.
-    # (dispatch above short-cuts them; the handlers are what Channels routes by type.)
-    async def tweet_new(self, event: dict) -> None:
-        await self._forward(event)
-
-    async def tweet_deleted(self, event: dict) -> None:
-        await self._forward(event)
-
-    async def mention_new(self, event: dict) -> None:
-        await self._forward(event)
-
-    async def trends_updated(self, event: dict) -> None:
-        await self._forward(event)
-
-    async def fanout_progress(self, event: dict) -> None:
-        await self._forward(event)
-
-    async def fanout_done(self, event: dict) -> None:
-        await self._forward(event)
 
     # Control events, for this socket only.
     async def session_ended(self, event: dict) -> None:

@@ -128,7 +128,7 @@ def tweet_create(
             fanout = Fanout.objects.create(tweet=tweet)
             if tags := text.tags(body):
                 TweetTag.objects.bulk_create([TweetTag(tweet=tweet, tag=tag) for tag in tags])
-            transaction.on_commit(partial(_after_tweet_commit, tweet, fanout, ticket))
+            transaction.on_commit(partial(_after_tweet_commit, tweet, fanout, ticket, tags))
     except IntegrityError:
         if ticket is not None:
             admission.release(ticket)
@@ -217,7 +217,7 @@ def _commit_tweet_ids_in_order() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [TWEET_ORDER_LOCK])
 
 
-def _after_tweet_commit(tweet: Tweet, fanout: Fanout, ticket: admission.Ticket | None) -> None:
+def _after_tweet_commit(tweet: Tweet, fanout: Fanout, ticket: admission.Ticket | None, tags: list[str]) -> None:
     # The tweet is committed, so it is accepted whatever happens next: nothing here may turn
     # the answer into an error. If the enqueue fails, the outbox relay queues the fan-out that
     # is still pending; if the author's timeline cannot be written, it is dropped and rebuilt
@@ -229,7 +229,7 @@ def _after_tweet_commit(tweet: Tweet, fanout: Fanout, ticket: admission.Ticket |
     with suppress(Exception):  # a cache: a miss is filled on the first read
         tweet_cache.put([tweet])
     with suppress(Exception):  # a sample, not a record
-        trends.count(text.tags(tweet.body))
+        trends.count(tags)
     try:
         timelines.add(tweet_id=tweet.pk, user_ids=[tweet.author_id])
     except Exception:
