@@ -1,8 +1,9 @@
 from django.contrib import admin, messages
 from django.db.models import F
 
-from fanout.models import Fanout, Retraction
+from fanout.models import Fanout, Retraction, Schedule
 from fanout.relay import requeue
+from timeline import services
 
 
 @admin.register(Fanout)
@@ -71,3 +72,41 @@ class RetractionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+@admin.register(Schedule)
+class ScheduleAdmin(admin.ModelAdmin):
+    """Scheduled tweets waiting to go out. Deleting one cancels it, through the same service as
+    its author's Cancel."""
+
+    list_display = ["tweet_id", "author", "short_body", "publish_at", "due_at", "attempts", "last_error"]
+    search_fields = ["tweet__author__username", "=tweet__id"]
+    list_select_related = ["tweet__author"]
+    readonly_fields = ["tweet", "due_at", "attempts", "last_error"]
+    ordering = ["due_at"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def delete_model(self, request, obj: Schedule) -> None:
+        services.tweet_delete(user=request.user, tweet_id=obj.pk, as_staff=True)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for tweet_id in queryset.values_list("pk", flat=True):
+            self.delete_model(request, Schedule(pk=tweet_id))
+
+    @admin.display(description="author", ordering="tweet__author__username")
+    def author(self, schedule: Schedule) -> str:
+        return schedule.tweet.author.get_username()
+
+    @admin.display(description="body")
+    def short_body(self, schedule: Schedule) -> str:
+        body = schedule.tweet.body
+        return body if len(body) <= 60 else body[:59] + "…"
+
+    @admin.display(description="publish at", ordering="tweet__publish_at")
+    def publish_at(self, schedule: Schedule):
+        return schedule.tweet.publish_at

@@ -37,8 +37,10 @@ from fanout.models import Fanout
 logger = logging.getLogger(__name__)
 
 FANOUT_QUEUE = "fanout"
+# Scheduled tweets' publication (fanout.scheduled): first, as a person is waiting for that minute.
+SCHEDULED_QUEUE = "scheduled"
 # Workers take jobs from these queues in this order.
-WORKER_QUEUES = (FANOUT_QUEUE, "default")
+WORKER_QUEUES = (SCHEDULED_QUEUE, FANOUT_QUEUE, "default")
 QUEUE_KEY = f"rq:queue:{FANOUT_QUEUE}"
 RESERVATIONS_KEY = "fanout:admission:reserved"
 RESERVATION_TTL = 30
@@ -49,7 +51,8 @@ FAILURE_TTL = 24 * 3600
 RETRY_AFTER_MIN, RETRY_AFTER_MAX = 1, 30
 
 # KEYS: the queue list, the reservations zset, the author's rate-limit counter.
-# ARGV: cap (0 = off), now, reservation token, reservation ttl, rate limit (0 = off), window.
+# ARGV: cap (0 = off), now, reservation token, reservation ttl, rate limit (0 = off), window,
+# reserve (0: the rate limit alone).
 # Returns {1, depth} admitted; {0, depth} over the cap; {-1, ttl} over the rate limit.
 _ADMIT_SCRIPT = """
 local now = tonumber(ARGV[2])
@@ -59,6 +62,12 @@ if limit > 0 then
   if used >= limit then
     return {-1, redis.call('TTL', KEYS[3])}
   end
+end
+if ARGV[7] == '0' then
+  if limit > 0 and redis.call('INCR', KEYS[3]) == 1 then
+    redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]))
+  end
+  return {1, 0}
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local depth = redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
@@ -103,14 +112,27 @@ def job_id(tweet_id: int) -> str:
     return f"fanout-{tweet_id}"
 
 
-def admit(*, author_id: int) -> Ticket:
-    """Reserve a queue slot for a new tweet, or raise Overloaded or RateLimited."""
+def admit(*, author_id: int, rate_limit: bool = True, reserve: bool = True) -> Ticket | None:
+    """Reserve a queue slot for a new tweet, or raise Overloaded or RateLimited.
+
+    A scheduled tweet is counted against its author's rate limit when it is scheduled
+    (``reserve=False``: no slot, the queue is not touched yet) and asks for its slot when it is
+    published (``rate_limit=False``: it was counted already).
+    """
     redis = get_redis()
     token = uuid.uuid4().hex
-    limit, window = settings.TWEET_RATE_LIMIT, settings.TWEET_RATE_WINDOW
+    limit = settings.TWEET_RATE_LIMIT if rate_limit else 0
     admitted, value = redis.register_script(_ADMIT_SCRIPT)(
         keys=[QUEUE_KEY, RESERVATIONS_KEY, f"ratelimit:tweets:{author_id}"],
-        args=[settings.FANOUT_QUEUE_CAP, time.time(), token, RESERVATION_TTL, limit, window],
+        args=[
+            settings.FANOUT_QUEUE_CAP,
+            time.time(),
+            token,
+            RESERVATION_TTL,
+            limit,
+            settings.TWEET_RATE_WINDOW,
+            int(reserve),
+        ],
     )
     if admitted == -1:
         prometheus.RATE_LIMITED.inc()
@@ -118,7 +140,7 @@ def admit(*, author_id: int) -> Ticket:
     if admitted == 0:
         metrics.record_shed(limit="queue", redis=redis)
         raise Overloaded(retry_after=retry_after(depth=int(value)), depth=int(value))
-    return Ticket(token)
+    return Ticket(token) if reserve else None
 
 
 def release(ticket: Ticket) -> None:

@@ -8,6 +8,7 @@ from django.utils import timezone
 from rq import get_current_job
 
 from fanout import delivery, metrics, prometheus, retraction, trends
+from timeline import services
 
 
 def fanout_tweet(tweet_id: int) -> None:
@@ -25,3 +26,7 @@ def retract_tweet(tweet_id: int) -> None:
 
 def publish_trends() -> None:
     trends.publish()
+
+
+def publish_scheduled(tweet_id: int) -> None:
+    services.tweet_publish_scheduled(tweet_id)

@@ -91,3 +91,26 @@ class Retraction(models.Model):
 
     def __str__(self) -> str:
         return f"removal of deleted tweet {self.tweet_id}: {'done' if self.done_at else 'to do'}"
+
+
+class Schedule(models.Model):
+    """A scheduled tweet's wait to be published: the outbox of its publication.
+
+    Written in the transaction that stores the scheduled tweet, and deleted (with that tweet,
+    which the published one replaces) in the transaction that publishes it, or when it is
+    cancelled. While it exists, a job for attempt ``attempts`` should be waiting on RQ's
+    scheduler until ``due_at``, or on the queue past it; the relay (``fanout.scheduled.relay``)
+    arms it again if Redis lost it, and takes over if RQ's scheduler is late. ``due_at`` starts
+    at the tweet's ``publish_at`` and moves later only when publishing met a full queue.
+    """
+
+    tweet = models.OneToOneField(Tweet, on_delete=models.CASCADE, primary_key=True, related_name="schedule")
+    due_at = models.DateTimeField()
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["due_at"], name="schedule_due")]
+
+    def __str__(self) -> str:
+        return f"tweet {self.tweet_id} due at {self.due_at:%Y-%m-%d %H:%M:%S} (attempt {self.attempts})"

@@ -45,6 +45,11 @@ DELIVERIES = Counter(
     "Followers a finished fan-out reached: timelines written (write) or followers who read it from its author's (read).",
     ["mode"],
 )
+SCHEDULED_LATENESS = Histogram(
+    "timeline_scheduled_lateness_seconds",
+    "How long after its publish_at a scheduled tweet went out (committed).",
+    buckets=BUCKETS,
+)
 SOCKETS = Gauge("timeline_websocket_connections", "Open websockets, per web process.", multiprocess_mode="liveall")
 
 

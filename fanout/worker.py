@@ -15,12 +15,18 @@ loop quits on a Redis error outside a job (a heartbeat, recording a result), so 
 it again, with backoff, until it is asked to stop. A Redis that comes back without its data has
 also forgotten the worker: the heartbeat notices and registers it again, so /api/stats and
 /ops/ count it.
+
+Every worker also runs RQ's scheduler (``with_scheduler``): the one that takes its lock forks
+a process that moves scheduled tweets' jobs onto the queue when they are due (fanout.scheduled).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import signal
+import sys
 import time
 
 from django.db import close_old_connections, connections
@@ -40,6 +46,7 @@ SERIALIZER = "rq.serializers.JSONSerializer"
 WORKER_TTL = 20
 REGISTRATION_CHECK_EVERY = 5.0  # seconds
 RESTART_DELAY_MIN, RESTART_DELAY_MAX = 0.5, 30.0  # seconds, doubling while Redis stays away
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class FanoutWorker(SimpleWorker):
@@ -83,6 +90,20 @@ def _keep_sqlite_connections() -> None:
             connections[alias].settings_dict["CONN_MAX_AGE"] = None
 
 
+def _end_with_the_worker() -> None:
+    """In RQ's scheduler process, which the worker forks: be sent SIGTERM when the worker dies,
+    however it dies. RQ's scheduler then releases its lock and stops; without this, a worker
+    killed outright leaves its scheduler running on its own, and a new worker cannot take the
+    lock for a minute (the relay in fanout.scheduled covers that minute, a second late).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the worker died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def make_worker(*, name: str | None = None) -> FanoutWorker:
     return get_worker(
         *WORKER_QUEUES,
@@ -96,13 +117,16 @@ def make_worker(*, name: str | None = None) -> FanoutWorker:
 def run(*, burst: bool = False, name: str | None = None, logging_level: str = "WARNING") -> None:
     """Run a worker until it is told to stop (or, with ``burst``, until the queues are empty)."""
     _keep_sqlite_connections()
+    os.register_at_fork(after_in_child=_end_with_the_worker)  # the one fork: RQ's scheduler
     delay = RESTART_DELAY_MIN
     while True:
         worker = None
         started = time.monotonic()
         try:
             worker = make_worker(name=name)
-            worker.work(burst=burst, logging_level=logging_level)
+            # With RQ's scheduler: the worker that takes its lock moves scheduled tweets' jobs
+            # onto the queue when they are due (fanout.scheduled), in a child process.
+            worker.work(burst=burst, logging_level=logging_level, with_scheduler=True)
             failure = "its loop ended"
         except RedisError as exc:
             failure = f"Redis error: {exc}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from django.test import Client
 from redis import Redis
 
 from fanout.connection import get_redis, get_timeline_redis, timelines_apart
+from fanout.redis_server import RedisServer
 from fanout.worker import make_worker
 from tests.browser import browser, chromium, context, page  # noqa: F401  (fixtures for every module)
 
@@ -35,6 +37,7 @@ CLEARED_PER_TEST = (
     "rq:queue:*",
     "rq:job:*",
     "rq:wip:*",
+    "rq:scheduled:*",
     "fanout:*",
     "metrics:*",
     "ratelimit:*",
@@ -209,6 +212,38 @@ def start_live_app(
         app.stop()
         raise
     return app
+
+
+@pytest.fixture
+def private_redis(tmp_path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+def restart_without_data(server: RedisServer) -> None:
+    """As a failover to an empty replica, or a host that lost its disk: same address, no data."""
+    server.stop()
+    shutil.rmtree(server.data_dir)
+    server.start()
+
+
+@pytest.fixture
+def app_factory(tmp_path, private_redis) -> Iterator[Callable[..., LiveApp]]:
+    """Start the app's processes (with the cron) on a Redis of the test's own; all stopped after."""
+    apps: list[LiveApp] = []
+
+    def start(**kwargs) -> LiveApp:
+        kwargs.setdefault("cron", True)
+        # Fan every author out on write (the fault tests strike in the middle of a long fan-out).
+        kwargs.setdefault("FANOUT_ON_READ_THRESHOLD", "0")
+        app = start_live_app(tmp_path / f"logs{len(apps)}", redis_url=private_redis.url, **kwargs)
+        apps.append(app)
+        return app
+
+    yield start
+    for app in apps:
+        app.stop()
 
 
 @pytest.fixture(scope="session", autouse=True)

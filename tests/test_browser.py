@@ -195,3 +195,44 @@ def test_older_tweets(browser, live_app, make_user, transactional_db, javascript
             assert page.goto("/?before=not-a-number").status == 400
     finally:
         context.close()
+
+
+def test_scheduling_from_the_compose_box_in_the_browsers_zone_and_cancelling_on_the_profile(
+    browser, live_app, make_user, transactional_db
+):
+    # A browser five and a half hours ahead of UTC: the time typed is its local time.
+    context = browser.new_context(base_url=live_app.url, timezone_id="Asia/Kolkata")
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        page, errors = _new_page(context)
+        user = make_user()
+        log_in(page, user)
+        page.get_by_text("Schedule", exact=True).click()
+        expect(page.get_by_label("Publish at")).to_be_visible()
+        expect(page.locator("[data-schedule-zone]")).to_contain_text("Asia/")
+        local = page.evaluate(
+            "() => { const d = new Date(Date.now() + 2 * 86400000); d.setSeconds(0, 0);"
+            " const p = (n) => String(n).padStart(2, '0');"
+            " return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`; }"
+        )
+        expected = page.evaluate("(v) => new Date(v).toISOString()", local)
+        page.get_by_label("What is happening?").fill("Scheduled from the page #later")
+        page.get_by_label("Publish at").fill(local)
+        expect(page.locator("[data-submit]")).to_have_text("Schedule")
+        page.locator("[data-submit]").click()
+
+        expect(page.locator("[data-compose-note]")).to_contain_text("Scheduled for")
+        expect(page.locator("[data-submit]")).to_have_text("Post")
+        expect(page.locator(TWEETS)).to_have_count(0)  # not on any timeline until it goes out
+        tweet = Tweet.scheduled.get(author=user)
+        assert tweet.publish_at.isoformat().replace("+00:00", ".000Z") == expected
+
+        page.goto(f"/u/{user.username}/")
+        item = page.locator(f'[data-scheduled-id="{tweet.pk}"]')
+        expect(item).to_contain_text("Scheduled from the page")
+        item.get_by_role("button", name="Cancel").click()
+        expect(item).to_have_count(0)
+        assert not Tweet.all_objects.filter(author=user).exists()
+        assert not errors, f"JavaScript errors on the page: {errors}"
+    finally:
+        context.close()

@@ -9,14 +9,13 @@ counts true, nothing made twice.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import sqlite3
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import websockets.sync.client
@@ -29,7 +28,6 @@ from rq import Queue
 from fanout import timelines
 from fanout.admission import FANOUT_QUEUE, job_id
 from fanout.models import Fanout
-from fanout.redis_server import RedisServer
 from fanout.worker import SERIALIZER
 from tests.conftest import (
     LiveApp,
@@ -37,8 +35,8 @@ from tests.conftest import (
     live_database_url,
     on_postgres,
     post_json,
+    restart_without_data,
     session_cookie,
-    start_live_app,
     wait_for,
 )
 from timeline.consumers import CLOSE_TRY_AGAIN_LATER
@@ -51,37 +49,6 @@ User = get_user_model()
 # The relay's bound with the default lease (5 s) and relay period (1 s), plus the time to
 # finish the rest of the fan-out: what the design promises for a killed worker.
 KILLED_WORKER_DEADLINE = 10.0
-
-
-@pytest.fixture
-def private_redis(tmp_path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
-
-
-def restart_without_data(server: RedisServer) -> None:
-    """As a failover to an empty replica, or a host that lost its disk: same address, no data."""
-    server.stop()
-    shutil.rmtree(server.data_dir)
-    server.start()
-
-
-@pytest.fixture
-def app_factory(tmp_path, private_redis) -> Iterator[Callable[..., LiveApp]]:
-    apps: list[LiveApp] = []
-
-    def start(**kwargs) -> LiveApp:
-        kwargs.setdefault("cron", True)
-        # Fan every author out on write: these faults strike in the middle of a long fan-out.
-        kwargs.setdefault("FANOUT_ON_READ_THRESHOLD", "0")
-        app = start_live_app(tmp_path / f"logs{len(apps)}", redis_url=private_redis.url, **kwargs)
-        apps.append(app)
-        return app
-
-    yield start
-    for app in apps:
-        app.stop()
 
 
 def author_with_followers(count: int, redis: Redis, *, materialized: bool = True) -> tuple[User, list[int]]:

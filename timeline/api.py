@@ -181,13 +181,30 @@ def logout_view(request: HttpRequest) -> HttpResponse:
 
 @api_view("POST")
 def tweets(request: HttpRequest) -> HttpResponse:
-    form = TweetForm(json_body(request, "body", "client_id"))
+    data = json_body(request, "body", "client_id", "publish_at")
+    form = TweetForm(data)
     if not form.is_valid():
         raise invalid(form.errors)
-    result = services.tweet_create(author=request.user, **form.cleaned_data)
+    fields = form.cleaned_data
+    if (publish_at := fields.pop("publish_at")) is not None:
+        result = services.tweet_schedule(author=request.user, publish_at=publish_at, **fields)
+    else:
+        result = services.tweet_create(author=request.user, **fields)
     tweet = result.tweet  # with its author and outbox row, as made or as found
-    body = {"tweet": tweet_payload(tweet), "fanout": fanout_payload(tweet.fanout)}
-    return JsonResponse(body, status=202 if result.created else 200)
+    return JsonResponse(_posted_payload(tweet), status=202 if result.created else 200)
+
+
+def _posted_payload(tweet) -> dict[str, Any]:
+    """A tweet and its delivery; a scheduled one has none yet (its ``publish_at`` says when)."""
+    fanout = None if tweet.publish_at is not None else fanout_payload(tweet.fanout)
+    return {"tweet": tweet_payload(tweet), "fanout": fanout}
+
+
+@never_cache
+@api_view("GET")
+def scheduled_tweets(request: HttpRequest) -> HttpResponse:
+    """One's own scheduled tweets, soonest first (at most services.SCHEDULED_MAX_PER_AUTHOR)."""
+    return JsonResponse({"tweets": [tweet_payload(t) for t in selectors.scheduled_tweets(author=request.user)]})
 
 
 @api_view("GET", "DELETE")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, timezone, tzinfo
+
 from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import AuthenticationForm
@@ -18,6 +21,41 @@ class TextField(forms.CharField):
     default_validators = [validate_unicode]
 
 
+_ISO_8601_CHARACTERS = re.compile(r"[0-9TWZtwz:.,+\- ]{1,64}")
+
+
+class ZonedDateTimeField(forms.CharField):
+    """An ISO 8601 date and time with its zone, such as 2026-12-01T09:30:00+01:00 (Z for UTC).
+
+    Without a zone it is refused, unless the field is given one to assume (``naive_zone``: the
+    page's form, whose browser input has none).
+    """
+
+    def __init__(self, *, naive_zone: tzinfo | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.naive_zone = naive_zone
+
+    def to_python(self, value):
+        value = super().to_python(value)
+        if value in self.empty_values:
+            return None
+        try:
+            if not _ISO_8601_CHARACTERS.fullmatch(value):  # Python's parser lets some odd ones by
+                raise ValueError(value)
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValidationError(
+                "Use ISO 8601 with a zone, such as 2026-12-01T09:30:00+01:00.", code="invalid"
+            ) from None
+        if parsed.tzinfo is None:
+            if self.naive_zone is None:
+                raise ValidationError(
+                    "Give the time zone too, such as 2026-12-01T09:30:00+01:00, or Z for UTC.", code="naive"
+                )
+            parsed = parsed.replace(tzinfo=self.naive_zone)
+        return parsed
+
+
 class TweetForm(forms.Form):
     # Length is checked after trimming, by the service; the field bound here only stops a
     # body so large that it is not worth reading.
@@ -25,6 +63,15 @@ class TweetForm(forms.Form):
         strip=False, max_length=TWEET_MAX_LENGTH * 8, error_messages={"required": "Write something first."}
     )
     client_id = forms.UUIDField(error_messages={"invalid": "Must be a UUID, such as one from crypto.randomUUID()."})
+    # Absent: post now. Else the tweet is scheduled (timeline.services.tweet_schedule).
+    publish_at = ZonedDateTimeField(required=False)
+
+
+class ComposeForm(TweetForm):
+    """The home page's form: its date-and-time input has no zone, and its label says UTC (with
+    JavaScript the page sends the browser's own zone through the API instead)."""
+
+    publish_at = ZonedDateTimeField(required=False, naive_zone=timezone.utc)
 
 
 class LoginForm(forms.Form):

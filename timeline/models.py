@@ -10,6 +10,16 @@ from django.utils import timezone
 TWEET_MAX_LENGTH = 280
 
 
+class PublishedManager(models.Manager):
+    def get_queryset(self):
+        return super().get_queryset().filter(publish_at=None)
+
+
+class ScheduledManager(models.Manager):
+    def get_queryset(self):
+        return super().get_queryset().exclude(publish_at=None)
+
+
 class Tweet(models.Model):
     author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tweets")
     body = models.CharField(max_length=TWEET_MAX_LENGTH)
@@ -17,8 +27,20 @@ class Tweet(models.Model):
     # already made instead of making a second one.
     client_id = models.UUIDField()
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # Set while the tweet waits to be published (a scheduled tweet), null once it is out. A
+    # scheduled tweet is not published by clearing this: it is replaced by a new row, whose id
+    # is taken when it goes out, because timelines are in id order and a page fills its gaps
+    # from the newest id it has (see timeline.services.tweet_publish_scheduled).
+    publish_at = models.DateTimeField(null=True, blank=True)
+
+    # Every read sees published tweets only; the few places that deal with scheduled ones
+    # say so (``scheduled``, ``all_objects``).
+    objects = PublishedManager()
+    scheduled = ScheduledManager()
+    all_objects = models.Manager()
 
     class Meta:
+        base_manager_name = "all_objects"
         ordering = ["-id"]
         constraints = [
             models.UniqueConstraint(fields=["author", "client_id"], name="tweet_unique_client_id_per_author"),

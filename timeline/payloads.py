@@ -23,7 +23,7 @@ def user_payload(user: AbstractBaseUser) -> dict[str, Any]:
 
 
 def tweet_payload(tweet: Tweet) -> dict[str, Any]:
-    return {
+    payload = {
         "id": tweet.pk,
         "author": user_payload(tweet.author),
         "body": tweet.body,
@@ -33,6 +33,9 @@ def tweet_payload(tweet: Tweet) -> dict[str, Any]:
         "created_at": _iso(tweet.created_at),
         "client_id": str(tweet.client_id),
     }
+    if tweet.publish_at is not None:  # scheduled: to be published then, as a new tweet
+        payload["publish_at"] = _iso(tweet.publish_at)
+    return payload
 
 
 def fanout_payload(fanout: Fanout) -> dict[str, Any]:

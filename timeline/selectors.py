@@ -228,3 +228,8 @@ def user_profile(*, username: str, viewer: AbstractBaseUser | None) -> Profile:
 def tweet_with_fanout(*, tweet_id: int) -> Tweet:
     """Raises Tweet.DoesNotExist."""
     return Tweet.objects.select_related("author", "fanout").get(pk=tweet_id)
+
+
+def scheduled_tweets(*, author) -> list[Tweet]:
+    """The author's tweets waiting to be published, soonest first (for the author only)."""
+    return list(Tweet.scheduled.filter(author=author).select_related("author").order_by("publish_at", "id"))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import unicodedata
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from functools import partial
 
 from django.contrib.auth import authenticate, get_user_model, login, logout
@@ -16,10 +18,11 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.http import HttpRequest
+from django.utils import timezone
 
-from fanout import admission, push, retraction, timelines, trends
-from fanout.models import Fanout, Retraction
-from timeline import text, throttles, tweet_cache
+from fanout import admission, prometheus, push, retraction, scheduled, timelines, trends
+from fanout.models import Fanout, Retraction, Schedule
+from timeline import payloads, text, throttles, tweet_cache
 from timeline.models import TWEET_MAX_LENGTH, Follow, Tweet, TweetTag
 from timeline.validation import is_blank
 
@@ -123,12 +126,7 @@ def tweet_create(
         raise
     try:
         with transaction.atomic():
-            _commit_tweet_ids_in_order()
-            tweet.save()
-            fanout = Fanout.objects.create(tweet=tweet)
-            if tags := text.tags(body):
-                TweetTag.objects.bulk_create([TweetTag(tweet=tweet, tag=tag) for tag in tags])
-            transaction.on_commit(partial(_after_tweet_commit, tweet, fanout, ticket, tags))
+            _insert_tweet(tweet, ticket)
     except IntegrityError:
         if ticket is not None:
             admission.release(ticket)
@@ -143,27 +141,158 @@ def tweet_create(
     return PostResult(tweet, created=True)
 
 
+def _insert_tweet(tweet: Tweet, ticket: admission.Ticket | None) -> None:
+    """Insert a tweet, its outbox row and its tags, in the caller's transaction; after the
+    commit, queue its fan-out and put it in its author's timeline."""
+    _commit_tweet_ids_in_order()
+    tweet.save()
+    fanout = Fanout.objects.create(tweet=tweet)
+    if tags := text.tags(tweet.body):
+        TweetTag.objects.bulk_create([TweetTag(tweet=tweet, tag=tag) for tag in tags])
+    transaction.on_commit(partial(_after_tweet_commit, tweet, fanout, ticket, tags))
+
+
 def _tweet_by_client_id(author: AbstractBaseUser, client_id: uuid.UUID) -> Tweet | None:
     return Tweet.objects.filter(author=author, client_id=client_id).select_related("author", "fanout").first()
+
+
+# -- scheduled tweets (fanout.scheduled) ---------------------------------------------------------
+
+SCHEDULE_MAX_AHEAD = timedelta(days=30)
+SCHEDULED_MAX_PER_AUTHOR = 100  # waiting at once; a bound on what one account can leave queued up
+
+
+def validate_publish_at(publish_at: datetime) -> datetime:
+    if timezone.is_naive(publish_at):
+        message = "Give the time zone too, such as 2026-12-01T09:30:00+01:00 or …Z for UTC."
+        raise ValidationError({"publish_at": ValidationError(message, code="naive")})
+    now = timezone.now()
+    if publish_at <= now:
+        raise ValidationError({"publish_at": ValidationError("That time has passed.", code="past")})
+    if publish_at > now + SCHEDULE_MAX_AHEAD:
+        message = f"Schedule at most {SCHEDULE_MAX_AHEAD.days} days ahead."
+        raise ValidationError({"publish_at": ValidationError(message, code="too_far")})
+    return publish_at
+
+
+def tweet_schedule(*, author: AbstractBaseUser, body: str, client_id: uuid.UUID, publish_at: datetime) -> PostResult:
+    """Store a tweet to be published at ``publish_at`` (fanout.scheduled), once per client_id.
+
+    It counts against its author's rate limit now; the queue is asked for room when it is
+    published. A retry finds what the first try made: the scheduled tweet, or once published,
+    the tweet.
+    """
+    body = validate_tweet_body(body)
+    publish_at = validate_publish_at(publish_at)
+    if (existing := _scheduled_or_published(author, client_id)) is not None:
+        return PostResult(existing, created=False)
+    if Tweet.scheduled.filter(author=author).count() >= SCHEDULED_MAX_PER_AUTHOR:
+        message = (
+            f"You have {SCHEDULED_MAX_PER_AUTHOR} tweets scheduled already: cancel one, or wait for one to go out."
+        )
+        raise ValidationError({"publish_at": ValidationError(message, code="too_many")})
+    tweet = Tweet(author=author, body=body, client_id=client_id, publish_at=publish_at)
+    tweet.full_clean(validate_unique=False, validate_constraints=False)
+    admission.admit(author_id=author.pk, reserve=False)  # RateLimited: 429
+    try:
+        with transaction.atomic():
+            tweet.save()
+            Schedule.objects.create(tweet=tweet, due_at=publish_at)
+            transaction.on_commit(partial(_arm_schedule, tweet.pk, publish_at))
+    except IntegrityError:  # a concurrent retry made it first
+        if (existing := _scheduled_or_published(author, client_id)) is None:
+            raise
+        return PostResult(existing, created=False)
+    return PostResult(tweet, created=True)
+
+
+def _scheduled_or_published(author: AbstractBaseUser, client_id: uuid.UUID) -> Tweet | None:
+    tweet = Tweet.all_objects.filter(author=author, client_id=client_id).select_related("author").first()
+    if tweet is not None and tweet.publish_at is None:
+        return _tweet_by_client_id(author, client_id)  # with its outbox row
+    return tweet
+
+
+def _arm_schedule(tweet_id: int, due_at: datetime) -> None:
+    try:
+        scheduled.arm(tweet_id, attempt=0, due_at=due_at)
+    except Exception:
+        logger.exception("scheduled tweet %s stored but not armed; the relay will see to it", tweet_id)
+
+
+def tweet_publish_scheduled(tweet_id: int) -> Tweet | None:
+    """Publish a scheduled tweet whose time has come (the job ``fanout.jobs.publish_scheduled``).
+
+    The scheduled row is replaced by a new tweet, with the same author, body and client_id and
+    the id and time of now, so that it lands on top of timelines and pages fill their gaps by
+    id as ever; then it goes out like a post: a queue slot first, then the insert, then the
+    fan-out. Over the cap it is put off (``fanout.scheduled.postpone``), never dropped. Returns
+    the new tweet, or None if there was nothing to publish yet (cancelled, published by an
+    earlier run, not due, put off).
+    """
+    schedule = Schedule.objects.select_related("tweet__author").filter(pk=tweet_id).first()
+    if schedule is None:
+        return None  # published already, or cancelled
+    old = schedule.tweet
+    early = (old.publish_at - timezone.now()).total_seconds()
+    if early > scheduled.EARLY_BY_AT_MOST:
+        return None  # not due (the relay arms another job when it is)
+    if early > 0:  # RQ's scheduler keeps times in whole seconds: never before its time
+        time.sleep(early)
+    try:
+        ticket = admission.admit(author_id=old.author_id, rate_limit=False)
+    except admission.Overloaded as exc:
+        scheduled.postpone(schedule, retry_after=exc.retry_after, reason=f"queue full ({exc.depth} waiting)")
+        return None
+    tweet = Tweet(author=old.author, body=old.body, client_id=old.client_id)
+    try:
+        with transaction.atomic():
+            # The claim: of two runs at once, one deletes the row and the other finds it gone.
+            if not Schedule.objects.filter(pk=tweet_id).delete()[0]:
+                raise _NothingToPublish
+            Tweet.scheduled.filter(pk=tweet_id).delete()
+            _insert_tweet(tweet, ticket)
+            transaction.on_commit(partial(_after_publish, tweet, old))
+    except _NothingToPublish:
+        admission.release(ticket)
+        return None
+    except BaseException:
+        admission.release(ticket)
+        raise
+    return tweet
+
+
+class _NothingToPublish(Exception):
+    pass
+
+
+def _after_publish(tweet: Tweet, old: Tweet) -> None:
+    # The author's own pages get it live (nothing of theirs drew it: no tab posted it now).
+    with suppress(Exception):
+        prometheus.SCHEDULED_LATENESS.observe(max((tweet.created_at - old.publish_at).total_seconds(), 0.0))
+    push.send([(tweet.author_id, push.tweet_new(payloads.tweet_payload(tweet)))])
 
 
 class TweetNotFound(Exception):
     """No such tweet that this user may delete (it does not exist, or it is someone else's)."""
 
 
-def tweet_delete(*, user: AbstractBaseUser, tweet_id: int, as_staff: bool = False) -> None:
+def tweet_delete(*, user: AbstractBaseUser, tweet_id: int, as_staff: bool = False) -> str:
     """Delete one's own tweet (staff, with ``as_staff``, anyone's): gone from the database at
-    once, and from every timeline and open page it reached by a job (fanout.retraction).
+    once, and from every timeline and open page it reached by a job (fanout.retraction). A
+    scheduled tweet is cancelled instead: it never goes out. Returns "deleted" or "cancelled".
 
     Idempotent: deleting a tweet one deleted already does nothing. Raises TweetNotFound for a
     tweet that is not the user's, so that nobody learns whether someone else's exists.
     """
     try:
         with transaction.atomic():
-            tweet = Tweet.objects.filter(pk=tweet_id).first()
+            tweet = Tweet.all_objects.filter(pk=tweet_id).first()
+            if tweet is not None and tweet.publish_at is not None:
+                return _cancel_scheduled(tweet, user=user, as_staff=as_staff)
             if tweet is None:
                 if as_staff or _deleted_by(user, tweet_id):
-                    return  # deleted already
+                    return "deleted"  # deleted (or cancelled) already
                 raise TweetNotFound(tweet_id)
             if tweet.author_id != user.pk and not as_staff:
                 raise TweetNotFound(tweet_id)
@@ -175,6 +304,29 @@ def tweet_delete(*, user: AbstractBaseUser, tweet_id: int, as_staff: bool = Fals
         # take turns, so the second finds the tweet gone).
         if not (as_staff or _deleted_by(user, tweet_id)):
             raise
+    return "deleted"
+
+
+def _cancel_scheduled(tweet: Tweet, *, user: AbstractBaseUser, as_staff: bool) -> str:
+    """Cancel a scheduled tweet: it never goes out. Its job, if it runs, finds nothing.
+
+    A removal with nothing to remove (done at once) records it, so that cancelling again
+    answers as deleting again does.
+    """
+    if tweet.author_id != user.pk and not as_staff:
+        raise TweetNotFound(tweet.pk)
+    attempts = Schedule.objects.filter(pk=tweet.pk).values_list("attempts", flat=True).first()
+    Tweet.scheduled.filter(pk=tweet.pk).delete()  # and its Schedule row
+    now = timezone.now()
+    Retraction.objects.create(tweet_id=tweet.pk, author_id=tweet.author_id, enqueued_at=now, done_at=now)
+    if attempts is not None:
+        transaction.on_commit(partial(_disarm_quietly, tweet.pk, attempts))
+    return "cancelled"
+
+
+def _disarm_quietly(tweet_id: int, attempt: int) -> None:
+    with suppress(Exception):
+        scheduled.disarm(tweet_id, attempt=attempt)
 
 
 def _deleted_by(user: AbstractBaseUser, tweet_id: int) -> bool:

@@ -141,7 +141,7 @@ TWEET_RATE_WINDOW = config.env_int("TWEET_RATE_WINDOW", 60, minimum=1, maximum=8
 
 RQ_QUEUES = {
     name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 300, "SERIALIZER": "rq.serializers.JSONSerializer"}
-    for name in ("fanout", "default")
+    for name in ("scheduled", "fanout", "default")
 }
 RQ_SHOW_ADMIN_LINK = True
 

@@ -61,6 +61,7 @@ api_patterns = [
     path("auth/login", api.login_view, name="login"),
     path("auth/logout", api.logout_view, name="logout"),
     path("tweets", api.tweets, name="tweets"),
+    path("tweets/scheduled", api.scheduled_tweets, name="scheduled-tweets"),
     path("tweets/<id:tweet_id>", api.tweet_detail, name="tweet"),
     path("timeline/home", api.home_timeline, name="home-timeline"),
     path("users/<username:username>", api.user_detail, name="user"),

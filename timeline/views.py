@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import sys
 import uuid
+from datetime import timezone as dt_timezone
 
 from django.conf import settings
 from django.contrib import messages
@@ -25,19 +26,19 @@ from fanout import prometheus, trends
 from fanout.admission import Overloaded, RateLimited
 from fanout.connection import get_redis
 from timeline import selectors, services, text, throttles, validation
-from timeline.forms import SignupForm, TweetForm
+from timeline.forms import ComposeForm, SignupForm
 from timeline.middleware import outage_part, unavailable_response
 from timeline.models import TWEET_MAX_LENGTH
 
 User = get_user_model()
 
 
-def _home_context(request: HttpRequest, form: TweetForm | None = None, *, before: int | None = None) -> dict:
+def _home_context(request: HttpRequest, form: ComposeForm | None = None, *, before: int | None = None) -> dict:
     page = selectors.home_timeline(user=request.user, before=before)
     return {
         "page": page,
         "before": before,
-        "form": form or TweetForm(initial={"client_id": uuid.uuid4()}),
+        "form": form or ComposeForm(initial={"client_id": uuid.uuid4()}),
         "tweet_max_length": TWEET_MAX_LENGTH,
         "trends": _trends_or_none(),
     }
@@ -66,11 +67,18 @@ def home(request: HttpRequest) -> HttpResponse:
 @require_POST
 def compose(request: HttpRequest) -> HttpResponse:
     """The compose form without JavaScript: a plain POST, then a redirect home."""
-    form = TweetForm(request.POST)
+    form = ComposeForm(request.POST)
     status, retry_after = 400, None
     if form.is_valid():
+        fields = dict(form.cleaned_data)
+        publish_at = fields.pop("publish_at")
         try:
-            services.tweet_create(author=request.user, **form.cleaned_data)
+            if publish_at is not None:
+                result = services.tweet_schedule(author=request.user, publish_at=publish_at, **fields)
+                when = result.tweet.publish_at.astimezone(dt_timezone.utc).strftime("%b %-d, %Y, %H:%M UTC")
+                messages.success(request, f"Scheduled for {when}. Until then it is on your profile, for you only.")
+            else:
+                services.tweet_create(author=request.user, **fields)
         except ValidationError as exc:
             for field, errors in exc.message_dict.items():
                 for error in errors:
@@ -95,7 +103,9 @@ def profile(request: HttpRequest, username: str) -> HttpResponse:
     except User.DoesNotExist:
         raise Http404(f"There is no user called {username}.") from None
     page = selectors.user_tweets(author=profile.user)
-    return render(request, "timeline/profile.html", {"profile": profile, "page": page})
+    own = request.user.is_authenticated and request.user.pk == profile.user.pk
+    scheduled = selectors.scheduled_tweets(author=profile.user) if own else []
+    return render(request, "timeline/profile.html", {"profile": profile, "page": page, "scheduled": scheduled})
 
 
 @require_GET
@@ -150,10 +160,13 @@ def follow(request: HttpRequest, username: str) -> HttpResponse:
 def delete_tweet(request: HttpRequest, tweet_id: int) -> HttpResponse:
     """The delete button without JavaScript: a plain POST, then back to the page it was on."""
     try:
-        services.tweet_delete(user=request.user, tweet_id=tweet_id)
+        outcome = services.tweet_delete(user=request.user, tweet_id=tweet_id)
     except services.TweetNotFound:
         raise Http404(f"There is no tweet {tweet_id} of yours.") from None
-    messages.success(request, "Your tweet was deleted.")
+    if outcome == "cancelled":
+        messages.success(request, "Cancelled: that tweet will not go out.")
+    else:
+        messages.success(request, "Your tweet was deleted.")
     back = request.POST.get("next", "")
     if url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
         return redirect(back)

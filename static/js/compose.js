@@ -166,11 +166,77 @@ function resendStored() {
   }
 }
 
+// -- scheduling: no optimistic drawing, the tweet is not on any timeline until it goes out -------
+
+const SCHEDULE_MAX_DAYS = 30;
+let scheduling = null; // {key, clientId} of a schedule whose answer was lost: its retry reuses the id
+
+// A datetime-local input's value ("2026-12-01T09:30") for a Date, in the browser's zone.
+function localInputValue(date) {
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}T${pad(date.getHours())}:${pad(date.getMinutes())}`;
+}
+
+function showNote(text, { error = false } = {}) {
+  const note = form.querySelector("[data-compose-note]");
+  note.textContent = text;
+  note.classList.toggle("is-error", error);
+  note.hidden = !text;
+}
+
+async function schedule(body, when) {
+  const at = new Date(when.value); // a datetime-local value is read in the browser's zone
+  if (Number.isNaN(at.getTime())) {
+    showNote("Pick a date and a time.", { error: true });
+    return false;
+  }
+  const publishAt = at.toISOString();
+  const key = `${publishAt} ${body}`;
+  if (scheduling?.key !== key) scheduling = { key, clientId: newClientId() };
+  try {
+    const answer = await api("/api/tweets", {
+      method: "POST",
+      body: { body, client_id: scheduling.clientId, publish_at: publishAt },
+    });
+    scheduling = null;
+    const out = new Date(answer.tweet.publish_at ?? answer.tweet.created_at);
+    showNote(`Scheduled for ${out.toLocaleString([], { dateStyle: "medium", timeStyle: "short" })}.`);
+    return true;
+  } catch (error) {
+    if (error instanceof ApiError && error.status < 500) scheduling = null; // refused: nothing stored
+    const fields = error instanceof ApiError ? error.fields : {};
+    showNote(fields.publish_at ?? fields.body ?? failureText(error), { error: true });
+    return false;
+  }
+}
+
+function initSchedule(button) {
+  const when = form.elements.publish_at;
+  if (!when) return null;
+  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+  const label = form.querySelector("[data-schedule-zone]");
+  if (label && zone) label.textContent = `(${zone})`;
+  const bounds = () => {
+    const now = new Date();
+    when.min = localInputValue(new Date(now.getTime() + 60_000));
+    when.max = localInputValue(new Date(now.getTime() + SCHEDULE_MAX_DAYS * 86_400_000));
+  };
+  const relabel = () => {
+    button.textContent = when.value ? "Schedule" : "Post";
+  };
+  when.addEventListener("focus", bounds);
+  when.addEventListener("input", relabel);
+  bounds();
+  relabel();
+  return { when, relabel };
+}
+
 function init() {
   const textarea = form.elements.body;
   const button = form.querySelector('button[type="submit"]');
   const counter = form.querySelector("[data-counter]");
   const max = Number(form.dataset.maxLength);
+  const scheduler = initSchedule(button);
 
   function updateCounter() {
     const length = tweetLength(textarea.value);
@@ -183,7 +249,7 @@ function init() {
     button.disabled = length === 0 || left < 0;
   }
 
-  form.addEventListener("submit", (event) => {
+  form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const body = textarea.value;
     const length = tweetLength(body);
@@ -193,6 +259,20 @@ function init() {
     form.querySelector("#compose-errors")?.remove();
     textarea.removeAttribute("aria-invalid");
     textarea.removeAttribute("aria-describedby");
+    showNote("");
+
+    if (scheduler?.when.value) {
+      button.disabled = true;
+      const done = await schedule(body.normalize("NFC").trim(), scheduler.when);
+      if (done) {
+        textarea.value = "";
+        scheduler.when.value = "";
+        scheduler.when.closest("details").open = false;
+        scheduler.relabel();
+      }
+      updateCounter();
+      return;
+    }
 
     const clientId = newClientId();
     const el = draw(clientId, body.normalize("NFC").trim(), new Date().toISOString());

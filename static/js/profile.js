@@ -49,3 +49,37 @@ async function toggleFollow(event) {
 }
 
 if (form) form.addEventListener("submit", toggleFollow);
+
+// One's own scheduled tweets: Cancel through the API (the plain form cancels without
+// JavaScript), and each time in the browser's zone.
+const scheduled = document.querySelector("[data-scheduled]");
+
+function initScheduled() {
+  for (const time of scheduled.querySelectorAll("time.scheduled-time")) {
+    const at = new Date(time.dateTime);
+    if (!Number.isNaN(at.getTime())) time.textContent = at.toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+  }
+  scheduled.addEventListener("submit", async (event) => {
+    const cancel = event.target.closest(".scheduled-cancel");
+    if (!cancel) return;
+    event.preventDefault();
+    const item = cancel.closest("[data-scheduled-id]");
+    const button = cancel.querySelector("button");
+    button.disabled = true;
+    try {
+      await api(`/api/tweets/${item.dataset.scheduledId}`, { method: "DELETE" });
+    } catch (failure) {
+      button.disabled = false;
+      button.textContent = "Cancel (failed: try again)";
+      button.title = failure.message;
+      return;
+    }
+    item.remove();
+    if (!scheduled.children.length) {
+      document.getElementById("scheduled-title")?.remove();
+      scheduled.remove();
+    }
+  });
+}
+
+if (scheduled) initScheduled();

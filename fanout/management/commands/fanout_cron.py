@@ -1,5 +1,5 @@
 """Periodic chores, in one small process: sample the queue depth, publish the low watermark
-and run the outbox relays every second, queue the trends job every ten seconds, and prune
+and run the outbox relays (fan-outs, removals, scheduled tweets) every second, queue the trends job every ten seconds, and prune
 expired presence marks now and then.
 
 A loop of our own rather than RQ's cron scheduler (``rq cron``, django-rq's ``rqcron``), for two
@@ -18,7 +18,7 @@ from django.core.management.base import BaseCommand
 from django.db import OperationalError
 from redis.exceptions import RedisError
 
-from fanout import metrics, presence, retraction, trends, watermark
+from fanout import metrics, presence, retraction, scheduled, trends, watermark
 from fanout.relay import RELAY_EVERY, relay_fanouts
 
 logger = logging.getLogger("fanout.cron")
@@ -38,7 +38,7 @@ class Command(BaseCommand):
             started = time.monotonic()
             chores = [metrics.sample_depth, watermark.publish]
             if once or tick % RELAY_EVERY == 0:
-                chores += [relay_fanouts, retraction.relay]
+                chores += [relay_fanouts, retraction.relay, scheduled.relay]
             if once or tick % PRUNE_EVERY == 0:
                 chores.append(presence.prune)
             if once or tick % trends.EVERY_SECONDS == 0:
