@@ -91,7 +91,13 @@ def post_tweets(app: LiveApp, user, count: int) -> list[tuple[int, dict]]:
 def test_only_staff_see_the_ops_page(open_page, live_app, make_user, transactional_db, who):
     user = make_user() if who == "not staff" else None
     page = open_page(live_app, user)
-    expect(page).to_have_url(re.compile(r"/admin/login/\?next=/ops/$"))
+    if user is None:
+        expect(page).to_have_url(re.compile(r"/login/\?next=/ops/$"))
+    else:  # told plainly, not sent to a login page
+        expect(page).to_have_url(re.compile(r"/ops/$"))
+        expect(page.get_by_role("heading", name="Not for this account")).to_be_visible()
+        expect(page.locator(".notice")).to_contain_text(f"for staff only, and {user.username} is not staff")
+        assert page.request.get("/ops/").status == 403
     expect(page.locator("#ops")).to_have_count(0)
     assert page.request.get("/api/stats").status == (403 if user else 401)
 
@@ -134,6 +140,17 @@ def test_staff_see_charts_drawn_and_the_numbers_follow_posts(open_page, live_app
     expect(stat(page, "wait")).to_have_text(re.compile(r"^\d+(\.\d+)? s$"))
     expect(stat(page, "law-predicted")).to_have_text(re.compile(r"^L = λ × W = \d+(\.\d+)?$"))
     expect(stat(page, "law-measured")).to_have_text(re.compile(r"^measured L = \d+(\.\d+)?$"))
+    # The verdict follows the two sides with a stated relative tolerance (read in one go: it polls).
+    predicted, measured, note = page.evaluate(
+        "['law-predicted', 'law-measured', 'law-note']"
+        '.map((name) => document.querySelector(`[data-stat="${name}"]`).textContent)'
+    )
+    predicted, measured = (float(text.rsplit(" ", 1)[1]) for text in (predicted, measured))
+    larger, gap = max(predicted, measured), abs(predicted - measured)
+    if larger >= 0.1 and gap > 0.35 * larger:  # clear of the 25% line, whatever the rounding shown
+        assert note.startswith("they differ by"), (predicted, measured, note)
+    elif ("agree" in note or "differ" in note) and gap < 0.15 * larger:
+        assert note.startswith("they agree, within 25%"), (predicted, measured, note)
     expect(stat(page, "workers")).to_have_text(re.compile(r"^\d+ / [1-9]\d*$"))
     expect(page.locator('#chart-rates path[data-series="arrivals"]')).to_have_count(1)
     expect(page.locator('#chart-wait path[data-series="wait"]')).to_have_count(1)

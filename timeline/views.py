@@ -9,10 +9,9 @@ from datetime import timezone as dt_timezone
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
@@ -204,10 +203,15 @@ def signup(request: HttpRequest) -> HttpResponse:
     return render(request, "registration/signup.html", {"form": form}, status=400 if form.errors else 200)
 
 
-@staff_member_required
+@login_required
 @require_GET
 def ops(request: HttpRequest) -> HttpResponse:
-    """Live charts of the fan-out queue (drawn by static/js/ops.js from GET /api/stats)."""
+    """Live charts of the fan-out queue (drawn by static/js/ops.js from GET /api/stats).
+
+    Staff only: anyone else logged in is told so (403), rather than sent to a login page.
+    """
+    if not request.user.is_staff:
+        raise PermissionDenied(f"This page is for staff only, and {request.user.get_username()} is not staff.")
     return render(request, "ops.html", {"cap": settings.FANOUT_QUEUE_CAP})
 
 

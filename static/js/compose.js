@@ -1,6 +1,14 @@
-// Posting with optimistic rendering. The tweet is drawn at the top of the timeline at once,
-// marked as sending, and reconciled with the server's answer by its client_id. The client_id is
-// made once per tweet and reused by every retry, so a retry can never make a second tweet.
+// Posting with optimistic rendering, through an outbox. The tweet is drawn at the top of the
+// timeline at once, marked as sending, and reconciled with the server's answer by its client_id.
+// The client_id is made once per tweet and reused by every retry, so a retry can never make a
+// second tweet.
+//
+// Until the server has taken it, a tweet lives in the outbox: localStorage, shared by every tab
+// of the user, so nothing is lost to a reload, a closed tab or a dropped network. One tab at a
+// time sends (a Web Lock); the others draw the same tweets and their state from the storage.
+// A busy server (503, 429) is tried again after its Retry-After plus a random share of a
+// doubling window (static/js/backoff.js), for as long as it takes; a tweet written offline is
+// sent when the browser is back online. "Retry now" sends at once.
 
 import { api, ApiError } from "./api.js";
 import { delay } from "./backoff.js";
@@ -9,14 +17,16 @@ import { describeFanout, fillTweet, findTweetByClientId, findTweetById, renderTw
 const form = document.getElementById("compose");
 const timeline = document.getElementById("timeline");
 
-const AUTO_RETRIES = 5; // automatic tries after a 503 or 429, then the Retry button
 const BACKOFF = { base: 1000, cap: 60_000 };
-const storageKey = `timeline:unsent:${form?.dataset.author ?? ""}`;
+const author = form?.dataset.author ?? "";
+const storageKey = `timeline:unsent:${author}`;
+const lockName = `timeline:outbox:${author}`;
+// Tabs of the same user tell each other of their posts (the socket does not echo one's own).
+const tabs = "BroadcastChannel" in window ? new BroadcastChannel(`timeline:tabs:${author}`) : null;
 
-// Tweets the server has not yet accepted, by client_id: {body, created, timer, countdown}.
-const unsent = new Map();
-
-// -- tweets not yet accepted survive a reload: kept in localStorage until a 200/202 ------------
+// -- the outbox: [{client_id, body, created, state, due, attempt, note}] in localStorage ---------
+// state: "sending", "backoff" (due at `due`, ms since the epoch), "offline" (sent when online),
+// "failed" (refused for good, or an error a person should look at: sent again by Retry).
 
 function readStored() {
   try {
@@ -36,10 +46,20 @@ function writeStored(list) {
   }
 }
 
-function store(clientId, body, created) {
-  const list = readStored().filter((t) => t.client_id !== clientId);
-  list.push({ body, client_id: clientId, created });
+function stored(clientId) {
+  return readStored().find((t) => t.client_id === clientId);
+}
+
+function store(entry) {
+  const list = readStored().filter((t) => t.client_id !== entry.client_id);
+  list.push(entry);
   writeStored(list);
+  showEntries();
+}
+
+function update(clientId, changes) {
+  const entry = stored(clientId);
+  if (entry) store({ ...entry, ...changes });
 }
 
 function unstore(clientId) {
@@ -75,95 +95,161 @@ function failureText(error) {
   return /not posted|nothing was posted/i.test(message) ? message : `Not posted. ${message}`;
 }
 
-// -- sending ----------------------------------------------------------------------------------
+// -- what each tab shows ---------------------------------------------------------------------
 
-function stopWaiting(entry) {
-  clearTimeout(entry.timer);
-  clearInterval(entry.countdown);
-  entry.timer = entry.countdown = null;
-}
-
-function waitThenRetry(el, clientId, entry, error, attempt) {
-  const wait = delay(attempt, { ...BACKOFF, floor: (error.retryAfter ?? 0) * 1000 });
-  const due = Date.now() + wait;
-  const label = error.status === 429 ? "Posting too fast" : "Server busy";
-  const show = () => {
-    const seconds = Math.max(0, Math.ceil((due - Date.now()) / 1000));
-    setStatus(el, "backoff", `${label}, retrying in ${seconds} s…`);
-  };
-  show();
-  entry.countdown = setInterval(show, 1000);
-  entry.timer = setTimeout(() => {
-    stopWaiting(entry);
-    send(el, clientId, attempt + 1);
-  }, wait);
-}
-
-// attempt counts the automatic retries made so far (0 for a first send or a manual Retry).
-async function send(el, clientId, attempt = 0) {
-  const entry = unsent.get(clientId);
-  if (!entry) return;
-  stopWaiting(entry);
-  store(clientId, entry.body, entry.created);
-  setStatus(el, "sending", "Sending…");
-  let answer;
-  try {
-    answer = await api("/api/tweets", { method: "POST", body: { body: entry.body, client_id: clientId } });
-  } catch (error) {
-    const busy = error instanceof ApiError && (error.status === 503 || error.status === 429);
-    if (busy && attempt < AUTO_RETRIES) {
-      waitThenRetry(el, clientId, entry, error, attempt);
-      return;
-    }
-    // A body the server refused can never be posted: do not resend it on the next page load.
-    if (error instanceof ApiError && error.status === 400) unstore(clientId);
-    setStatus(el, "failed", failureText(error));
-    return;
+function statusOf(entry) {
+  if (entry.state === "backoff") {
+    const seconds = Math.max(0, Math.ceil((entry.due - Date.now()) / 1000));
+    return ["backoff", `${entry.note}, retrying in ${seconds} s…`];
   }
-  unsent.delete(clientId);
-  unstore(clientId);
-  reconcile(el, answer.tweet, answer.fanout);
+  if (entry.state === "offline") return ["offline", "Offline: it will be sent when you are back online."];
+  if (entry.state === "failed") return ["failed", entry.note];
+  return ["sending", "Sending…"];
 }
 
-function reconcile(el, tweet, fanout) {
+// Every tweet in the outbox is drawn, in every tab, with its state; one that left the outbox
+// (sent, by this tab or another) stops being drawn as unsent: its answer or the other tab's
+// message has made it a tweet with an id, or, if neither came, it is taken off.
+function showEntries() {
+  if (!timeline) return;
+  const entries = readStored().sort((a, b) => String(a.created).localeCompare(String(b.created)));
+  for (const entry of entries) {
+    let el = findTweetByClientId(timeline, entry.client_id);
+    if (el?.dataset.tweetId) continue; // the server took it; the storage is behind
+    el ??= draw(entry);
+    const [state, text] = statusOf(entry);
+    setStatus(el, state, text);
+  }
+  const kept = new Set(entries.map((t) => t.client_id));
+  for (const el of timeline.querySelectorAll('.tweet[data-tweet-id=""]')) {
+    const id = el.dataset.clientId;
+    if (id && !kept.has(id) && !sending.has(id) && !("refused" in el.dataset)) el.remove();
+  }
+}
+
+function draw(entry) {
+  const el = renderTweet({
+    id: null,
+    author: { username: author },
+    body: entry.body,
+    created_at: entry.created,
+    client_id: entry.client_id,
+  });
+  timeline.prepend(el);
+  document.querySelector("[data-empty-state]")?.remove();
+  return el;
+}
+
+function reconcile(tweet, fanout) {
+  const el = findTweetByClientId(timeline, tweet.client_id) ?? renderTweet(tweet);
   // The same tweet may already be on the page (a retry after a lost answer, a live update).
   const twin = findTweetById(timeline, tweet.id);
   if (twin && twin !== el) twin.remove();
+  if (!el.isConnected) timeline.prepend(el);
   fillTweet(el, tweet);
   const { state, text } = describeFanout(fanout);
   setStatus(el, state, text);
+  document.querySelector("[data-empty-state]")?.remove();
   // live.js applies delivery progress that arrived before this answer.
   timeline.dispatchEvent(new CustomEvent("tweet:posted", { detail: { id: tweet.id, el } }));
 }
 
-function draw(clientId, body, created) {
-  const el = renderTweet({
-    id: null,
-    author: { username: form.dataset.author },
-    body,
-    created_at: created,
-    client_id: clientId,
-  });
-  timeline.prepend(el);
-  document.querySelector("[data-empty-state]")?.remove();
-  unsent.set(clientId, { body, created, timer: null, countdown: null });
-  return el;
+// -- sending: one tab at a time --------------------------------------------------------------
+
+const sending = new Set(); // client_ids this tab has a request out for
+let pumping = false;
+let pumpTimer = null;
+
+// Tabs take turns (each reads the outbox afresh once it has the lock, so a tweet another tab
+// sent meanwhile is not sent again). Without Web Locks every tab sends: the client_id keeps it once.
+function withOutboxLock(work) {
+  return navigator.locks ? navigator.locks.request(lockName, work) : work();
 }
 
-// Tweets left unsent by an earlier page (closed, reloaded, offline): drawn again and resent
-// with their own client_id, so one the server did take is not made twice.
-function resendStored() {
-  const stored = readStored().sort((a, b) => String(a.created).localeCompare(String(b.created)));
-  for (const { body, client_id: clientId, created } of stored) {
-    if (unsent.has(clientId)) continue;
-    const shown = findTweetByClientId(timeline, clientId);
-    if (shown?.dataset.tweetId) {
-      unstore(clientId); // the server took it and the page already shows it
-      continue;
-    }
-    const el = draw(clientId, body.normalize("NFC").trim(), created ?? new Date().toISOString());
-    send(el, clientId);
+function isDue(entry, now) {
+  if (entry.state === "failed") return false;
+  if (entry.state === "offline") return navigator.onLine !== false;
+  if (entry.state === "backoff") return entry.due <= now;
+  return true; // "sending" left by a tab that was closed mid-request
+}
+
+async function pump() {
+  if (pumping) return;
+  pumping = true;
+  try {
+    await withOutboxLock(async () => {
+      for (;;) {
+        const now = Date.now();
+        const next = readStored()
+          .filter((t) => isDue(t, now) && !sending.has(t.client_id))
+          .sort((a, b) => String(a.created).localeCompare(String(b.created)))[0];
+        if (!next) return;
+        await send(next);
+      }
+    });
+  } finally {
+    pumping = false;
+    schedulePump();
   }
+}
+
+function schedulePump() {
+  clearTimeout(pumpTimer);
+  const dues = readStored()
+    .filter((t) => t.state === "backoff")
+    .map((t) => t.due);
+  if (dues.length) pumpTimer = setTimeout(pump, Math.max(0, Math.min(...dues) - Date.now()));
+}
+
+async function send(entry) {
+  const clientId = entry.client_id;
+  sending.add(clientId);
+  update(clientId, { state: "sending" });
+  let answer;
+  try {
+    answer = await api("/api/tweets", { method: "POST", body: { body: entry.body, client_id: clientId } });
+  } catch (error) {
+    update(clientId, nextTry(entry, error));
+    if (error instanceof ApiError && error.status === 400) {
+      // A body the server refused can never be posted: shown here, not kept for another load.
+      const el = findTweetByClientId(timeline, clientId);
+      unstore(clientId);
+      if (el) {
+        el.dataset.refused = "";
+        setStatus(el, "failed", failureText(error));
+      }
+    }
+    return;
+  } finally {
+    sending.delete(clientId);
+  }
+  unstore(clientId);
+  reconcile(answer.tweet, answer.fanout);
+  tabs?.postMessage({ type: "posted", tweet: answer.tweet, fanout: answer.fanout });
+  showEntries();
+}
+
+// What becomes of an entry after a failed try: waits for the server or the network, or stops.
+function nextTry(entry, error) {
+  const attempt = (entry.attempt ?? 0) + 1;
+  const busy = error instanceof ApiError && (error.status === 503 || error.status === 429);
+  if (busy) {
+    const wait = delay(attempt - 1, { ...BACKOFF, floor: (error.retryAfter ?? 0) * 1000 });
+    const note = error.status === 429 ? "Posting too fast" : "Server busy";
+    return { state: "backoff", due: Date.now() + wait, attempt, note };
+  }
+  if (!(error instanceof ApiError) || error.status === 0) {
+    // No answer at all: the network, or a server that is not there.
+    if (navigator.onLine === false) return { state: "offline", attempt };
+    const wait = delay(attempt - 1, BACKOFF);
+    return { state: "backoff", due: Date.now() + wait, attempt, note: "Could not reach the server" };
+  }
+  return { state: "failed", attempt, note: failureText(error) };
+}
+
+function sendNow(clientId) {
+  update(clientId, { state: "backoff", due: 0 });
+  pump();
 }
 
 // -- scheduling: no optimistic drawing, the tweet is not on any timeline until it goes out -------
@@ -274,12 +360,11 @@ function init() {
       return;
     }
 
-    const clientId = newClientId();
-    const el = draw(clientId, body.normalize("NFC").trim(), new Date().toISOString());
+    store({ client_id: newClientId(), body: body.normalize("NFC").trim(), created: new Date().toISOString(), state: "sending" });
     textarea.value = "";
     updateCounter();
     textarea.focus();
-    send(el, clientId);
+    pump();
   });
 
   textarea.addEventListener("input", updateCounter);
@@ -293,13 +378,35 @@ function init() {
   timeline.addEventListener("click", (event) => {
     const retry = event.target.closest(".tweet-retry");
     if (!retry) return;
-    const el = retry.closest(".tweet");
-    const clientId = el.dataset.clientId;
-    if (unsent.has(clientId)) send(el, clientId);
+    const clientId = retry.closest(".tweet").dataset.clientId;
+    if (stored(clientId)) sendNow(clientId);
   });
 
+  // Another tab changed the outbox, or posted a tweet.
+  window.addEventListener("storage", (event) => {
+    if (event.key !== storageKey) return;
+    showEntries();
+    schedulePump();
+  });
+  tabs?.addEventListener("message", ({ data }) => {
+    if (data?.type === "posted" && data.tweet && !findTweetById(timeline, data.tweet.id)) reconcile(data.tweet, data.fanout);
+  });
+  window.addEventListener("online", () => {
+    for (const entry of readStored()) if (entry.state === "offline") update(entry.client_id, { state: "backoff", due: 0 });
+    pump();
+  });
+  window.addEventListener("offline", showEntries);
+  setInterval(() => {
+    if (readStored().some((t) => t.state === "backoff")) showEntries(); // the countdowns
+  }, 1000);
+
   updateCounter();
-  resendStored();
+  // Tweets left unsent by an earlier page (closed, reloaded, offline) or another tab: drawn,
+  // and sent (with their own client_id, so one the server did take is not made twice); a new
+  // page tries once more even those that had failed.
+  for (const entry of readStored()) if (entry.state === "failed") update(entry.client_id, { state: "backoff", due: 0 });
+  showEntries();
+  pump();
 }
 
 if (form && timeline) init();

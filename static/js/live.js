@@ -300,6 +300,7 @@ function connect() {
     } catch {
       return;
     }
+    if (indicator.dataset.liveState !== "connected") showState("connected"); // it is live after all
     if (event.type === "tweet.new") arrive([event.tweet]);
     else if (event.type === "tweet.deleted") forget(event.tweet_id);
     else if (event.type === "mention.new") noteMention(event.tweet);
@@ -334,11 +335,16 @@ function init() {
   const header = document.querySelector(".site-header-inner");
   (header?.querySelector(".site-nav") ?? timeline).before(indicator);
   timeline.before(bar);
+  // The label follows the socket: the browser's offline and online events only say what the
+  // network did, and a socket may outlive a short drop (tweets keep coming: it is live).
   window.addEventListener("online", () => {
     attempt = 0;
-    if (!socket) connect();
+    if (socket?.readyState === WebSocket.OPEN) showState("connected");
+    else if (!socket) connect();
   });
-  window.addEventListener("offline", () => showState("offline"));
+  window.addEventListener("offline", () => {
+    if (socket?.readyState !== WebSocket.OPEN) showState("offline");
+  });
   // For tests and for the curious: drop the socket and stay away, then come back.
   window.timelineLive = {
     disconnect() {

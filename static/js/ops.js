@@ -163,15 +163,19 @@ function shedNote(rates) {
   return `${perSecond(rates.shed)} (queue cap ${perSecond(by.queue ?? 0)}, web door ${perSecond(by.door ?? 0)})`;
 }
 
+const LAW_TOLERANCE = 0.25;
+
 /** What the two sides of L = λ × W say, in words. */
 function lawNote({ law, waitKnown, idle, window }) {
   if (idle) return `nothing arrived or waited in the ${window}`;
   if (!waitKnown) return "not checkable now: no job left the queue, so W is unknown";
   const predicted = law.lambda_x_w;
   const measured = law.measured_depth;
+  const larger = Math.max(predicted, measured);
   const gap = Math.abs(predicted - measured);
-  if (gap <= Math.max(1, 0.2 * Math.max(predicted, measured))) return `they agree (${window})`;
-  return `they differ: expected while the queue fills or drains; the law holds over a steady stretch (${window})`;
+  // Relative: within a quarter of the larger side (both under 0.05 jobs count as empty, alike).
+  if (larger < 0.05 || gap <= LAW_TOLERANCE * larger) return `they agree, within ${LAW_TOLERANCE * 100}% (${window})`;
+  return `they differ by ${Math.round((100 * gap) / larger)}%: expected while the queue fills or drains; the law holds over a steady stretch (${window})`;
 }
 
 function drawNumbers(stats) {

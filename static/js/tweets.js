@@ -126,10 +126,14 @@ export function setStatus(el, state, text = "") {
   const status = el.querySelector(".tweet-status");
   status.dataset.state = state;
   status.querySelector(".tweet-status-text").textContent = text;
-  status.querySelector(".tweet-retry").hidden = state !== "failed";
-  el.classList.toggle("is-sending", state === "sending" || state === "backoff");
+  // Waiting to be sent again (server busy, offline): "Retry now"; given up on: "Retry".
+  const waiting = state === "backoff" || state === "offline";
+  const retry = status.querySelector(".tweet-retry");
+  retry.hidden = !(waiting || state === "failed");
+  retry.textContent = waiting ? "Retry now" : "Retry";
+  el.classList.toggle("is-sending", state === "sending" || waiting);
   el.classList.toggle("is-failed", state === "failed");
-  if (state === "sending" || state === "backoff") el.setAttribute("aria-busy", "true");
+  if (state === "sending" || waiting) el.setAttribute("aria-busy", "true");
   else el.removeAttribute("aria-busy");
 }
 
