@@ -78,9 +78,33 @@ def test_anonymous_api_calls_are_401_json(client, method, path):
     assert response.json()["error"]["code"] == "unauthenticated"
 
 
-def test_html_pages_redirect_anonymous_users_to_login(client):
-    response = client.get("/")
-    assert response.status_code == 302 and response["Location"].startswith("/login/")
+def test_the_front_door_says_what_this_is_and_lists_demo_logins_in_demo_mode_only(client, settings, make_user):
+    settings.DEMO_MODE = False
+    door = client.get("/")
+    html = door.content.decode()
+    assert door.status_code == 200 and "Short messages from the people you follow" in html
+    assert 'href="/signup/"' in html and 'href="/login/"' in html
+    assert "demo-pass" not in html and "demo account" not in html
+    assert client.get("/tweets/new").status_code in (302, 405)  # the rest still wants a login
+
+    settings.DEMO_MODE = True
+    make_user("alice", password="alice-demo-pass")
+    html = client.get("/").content.decode()
+    assert "Try it with a demo account" in html and "alice-demo-pass" in html
+    signed_in = client.post("/login/", {"username": "alice", "password": "alice-demo-pass", "next": "/"})
+    assert (signed_in.status_code, signed_in["Location"]) == (302, "/")
+    assert "What is happening?" in client.get("/").content.decode()  # the timeline, logged in
+
+
+def test_signup_reports_every_problem_at_once(client):
+    answer = client.post("/signup/", {"username": "no spaces!", "password": "password"})
+    html = answer.content.decode()
+    assert answer.status_code == 400
+    assert "Use 1 to 30 letters" in html and "This password is too common" in html
+    api = client.post(
+        "/api/auth/signup", {"username": "no spaces!", "password": "password"}, content_type="application/json"
+    )
+    assert set(api.json()["error"]["fields"]) == {"username", "password"}
 
 
 # -- users and follows --------------------------------------------------------------------------

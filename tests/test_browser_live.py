@@ -403,3 +403,29 @@ def test_the_live_label_follows_the_socket_after_a_short_network_drop(page, make
     page.context.set_offline(False)
     expect(live).to_have_attribute("data-live-state", "connected")
     expect(live).to_contain_text("Live")
+
+
+def test_the_delivery_line_survives_a_reload_and_a_running_fanout_shows_its_progress(page, make_user, transactional_db):
+    author, follower = make_user(), make_user()
+    services.follow_create(follower=follower, followee=author)
+    log_in(page, author)
+    post(page, "Delivered, and still said so after a reload")
+    tweet = page.locator(TWEETS).first
+    expect(tweet.locator(".tweet-status")).to_contain_text("delivered to 1 follower")
+
+    page.reload()
+    tweet = page.locator(TWEETS).first
+    expect(tweet.locator(".tweet-status")).to_contain_text("Posted · delivered to 1 follower")
+    expect(tweet.locator(".tweet-progress")).to_be_hidden()
+
+    # A big fan-out halfway through (its row as a running worker leaves it): a bar, and the count.
+    post(page, "Halfway there")
+    running = wait_until_made(page, "Halfway there")
+    expect(page.locator(TWEETS).first.locator(".tweet-status")).to_contain_text("delivered to 1 follower")
+    Fanout.objects.filter(pk=running.pk).update(state=Fanout.State.RUNNING, delivered=3000, recipients=10000)
+    page.reload()
+    shown = page.locator(f'{TWEETS}[data-tweet-id="{running.pk}"]')
+    expect(shown.locator(".tweet-status")).to_contain_text("delivering 3,000/10,000")
+    bar = shown.locator(".tweet-progress")
+    expect(bar).to_be_visible()
+    assert (bar.evaluate("b => b.value"), bar.evaluate("b => b.max")) == (3000, 10000)

@@ -66,13 +66,20 @@ def validate_username(username: str) -> None:
 
 
 def user_signup(*, username: str, password: str) -> AbstractBaseUser:
-    validate_username(username)
+    """A new account. Every problem with the name and the password is reported at once."""
+    errors: dict[str, list[ValidationError]] = {}
     user = User(username=username)
-    user.full_clean(exclude=["password"])
+    try:
+        validate_username(username)
+        user.full_clean(exclude=["password"])
+    except ValidationError as exc:
+        errors.update(exc.error_dict)
     try:
         validate_password(password, user=user)
     except ValidationError as exc:
-        raise ValidationError({"password": exc.error_list}) from None
+        errors["password"] = exc.error_list
+    if errors:
+        raise ValidationError(errors)
     user.set_password(password)
     user.save()
     return user

@@ -9,6 +9,8 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = config.env_path("VAR_DIR", BASE_DIR / "var")
 
 DEBUG = config.env_bool("DJANGO_DEBUG", False)
+# Demo mode (make run): demo accounts exist, and the logged-out home page lists their logins.
+DEMO_MODE = config.env_bool("SEED_DEMO", False)
 SECRET_KEY = config.secret_key(VAR_DIR)
 PORT = config.env_int("PORT", 8000, minimum=1, maximum=65535)
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"] + [

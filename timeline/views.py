@@ -34,6 +34,7 @@ User = get_user_model()
 
 def _home_context(request: HttpRequest, form: ComposeForm | None = None, *, before: int | None = None) -> dict:
     page = selectors.home_timeline(user=request.user, before=before)
+    selectors.with_own_deliveries(page.tweets, request.user)
     return {
         "page": page,
         "before": before,
@@ -43,6 +44,14 @@ def _home_context(request: HttpRequest, form: ComposeForm | None = None, *, befo
     }
 
 
+def _demo_logins() -> list[tuple[str, str]]:
+    if not settings.DEMO_MODE:
+        return []
+    from timeline.management.commands import seed_demo  # the accounts make run seeds
+
+    return [*seed_demo.PEOPLE.items(), seed_demo.POPULAR, seed_demo.STAFF]
+
+
 def _trends_or_none() -> list[dict] | None:
     try:
         return trends.current()["trends"]
@@ -50,10 +59,12 @@ def _trends_or_none() -> list[dict] | None:
         return None  # the page works without its trends panel
 
 
-@login_required
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    """The home timeline; ``?before=<tweet id>`` is the page older than that tweet (the "Older" link)."""
+    """The home timeline; ``?before=<tweet id>`` is the page older than that tweet (the "Older" link).
+    Logged out, the front door: what this is, sign-up and log-in, and in demo mode the demo logins."""
+    if not request.user.is_authenticated:
+        return render(request, "timeline/welcome.html", {"demo_logins": _demo_logins()})
     raw = request.GET.get("before", "")
     try:
         before = validation.parse_int(raw, low=1) if raw else None
@@ -103,6 +114,8 @@ def profile(request: HttpRequest, username: str) -> HttpResponse:
         raise Http404(f"There is no user called {username}.") from None
     page = selectors.user_tweets(author=profile.user)
     own = request.user.is_authenticated and request.user.pk == profile.user.pk
+    if own:
+        selectors.with_own_deliveries(page.tweets, request.user)
     scheduled = selectors.scheduled_tweets(author=profile.user) if own else []
     return render(request, "timeline/profile.html", {"profile": profile, "page": page, "scheduled": scheduled})
 

@@ -12,7 +12,7 @@
 
 import { api, ApiError } from "./api.js";
 import { delay } from "./backoff.js";
-import { describeFanout, fillTweet, findTweetByClientId, findTweetById, renderTweet, setStatus } from "./tweets.js";
+import { fillTweet, findTweetByClientId, findTweetById, renderTweet, setStatus, showFanout } from "./tweets.js";
 
 const form = document.getElementById("compose");
 const timeline = document.getElementById("timeline");
@@ -147,8 +147,7 @@ function reconcile(tweet, fanout) {
   if (twin && twin !== el) twin.remove();
   if (!el.isConnected) timeline.prepend(el);
   fillTweet(el, tweet);
-  const { state, text } = describeFanout(fanout);
-  setStatus(el, state, text);
+  showFanout(el, fanout);
   document.querySelector("[data-empty-state]")?.remove();
   // live.js applies delivery progress that arrived before this answer.
   timeline.dispatchEvent(new CustomEvent("tweet:posted", { detail: { id: tweet.id, el } }));

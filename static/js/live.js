@@ -6,14 +6,13 @@
 import { api } from "./api.js";
 import { delay } from "./backoff.js";
 import {
-  describeFanout,
   findTweetByClientId,
   findTweetById,
   isDeleted,
   localizeTimes,
   removeTweet,
   renderTweet,
-  setStatus,
+  showFanout,
 } from "./tweets.js";
 
 const PING_EVERY_MS = 25_000;
@@ -35,6 +34,7 @@ const CLOSE_UNAUTHENTICATED = 4401; // logged out, or the session expired
 const CLOSE_REPLACED = 4409; // this account opened too many sockets; this page's was the oldest
 
 const timeline = document.getElementById("timeline");
+const me = document.getElementById("compose")?.dataset.author;
 // On an older page (/?before=) new tweets do not belong in the list: only the bar shows them.
 const viewingOlder = new URLSearchParams(location.search).has("before");
 
@@ -62,6 +62,26 @@ function showState(state) {
   indicator.dataset.liveState = state;
   label.textContent = LABELS[state];
   indicator.title = `Live updates: ${LABELS[state].toLowerCase()}`;
+}
+
+// -- what a screen reader hears: arrivals and the bar, said politely -------------------------
+
+const announcer = document.createElement("p");
+announcer.className = "visually-hidden";
+announcer.setAttribute("aria-live", "polite");
+announcer.dataset.announcer = "";
+
+function announce(text) {
+  // Emptied first: the same words twice in a row are said twice.
+  announcer.textContent = "";
+  setTimeout(() => {
+    announcer.textContent = text;
+  }, 50);
+}
+
+function describeArrivals(tweets) {
+  if (tweets.length === 1) return `New tweet from ${tweets[0].author?.username ?? "someone"}`;
+  return `${tweets.length.toLocaleString()} new tweets`;
 }
 
 // -- the "N new tweets" bar -------------------------------------------------------------------
@@ -135,9 +155,12 @@ function arrive(tweets) {
   if (!fresh.length) return;
   if (!viewingOlder && nearTop() && held.length === 0) {
     insertAtTop(fresh, { animate: true });
+    const others = fresh.filter((t) => t.author?.username !== me); // one's own are not news
+    if (others.length) announce(describeArrivals(others));
   } else {
     held.push(...fresh);
     updateBar();
+    announce(`${bar.textContent}: the button above the timeline shows them`);
   }
 }
 
@@ -193,8 +216,7 @@ function applyFanout(el, event) {
   const current = el.querySelector(".tweet-status")?.dataset.state;
   // Events can overtake each other; progress never undoes a finished delivery.
   if (current === "done" && event.state !== "done") return;
-  const { state, text } = describeFanout(event);
-  setStatus(el, state, text);
+  showFanout(el, event);
 }
 
 function applyEarlyFanout(id, el) {
@@ -332,6 +354,7 @@ function scheduleReconnect() {
 
 function init() {
   showState("connecting");
+  document.body.append(announcer);
   const header = document.querySelector(".site-header-inner");
   (header?.querySelector(".site-nav") ?? timeline).before(indicator);
   timeline.before(bar);

@@ -2,7 +2,7 @@
 // through the JSON API. Without JavaScript the home page's "Older" link loads /?before=<id>.
 
 import { api } from "./api.js";
-import { enableDeleting, findTweetById, isDeleted, localizeTimes, renderTweet } from "./tweets.js";
+import { enableDeleting, findTweetById, isDeleted, localizeTimes, renderTweet, showDeliveries } from "./tweets.js";
 
 const REFRESH_TIMES_MS = 60_000;
 
@@ -45,6 +45,7 @@ async function loadOlder(event) {
 
 if (timeline) {
   enableDeleting(timeline);
+  showDeliveries(timeline);
   localizeTimes(timeline);
   setInterval(() => localizeTimes(timeline), REFRESH_TIMES_MS);
 }

@@ -133,8 +133,35 @@ export function setStatus(el, state, text = "") {
   retry.textContent = waiting ? "Retry now" : "Retry";
   el.classList.toggle("is-sending", state === "sending" || waiting);
   el.classList.toggle("is-failed", state === "failed");
+  if (state !== "running") status.querySelector(".tweet-progress")?.setAttribute("hidden", "");
   if (state === "sending" || waiting) el.setAttribute("aria-busy", "true");
   else el.removeAttribute("aria-busy");
+}
+
+// A fan-out's state on the tweet: the status line, and while it runs, a progress bar.
+export function showFanout(el, fanout) {
+  const { state, text } = describeFanout(fanout);
+  setStatus(el, state, text);
+  const bar = el.querySelector(".tweet-progress");
+  if (!bar) return;
+  const recipients = Number(fanout?.recipients ?? 0);
+  bar.hidden = !(fanout?.state === "running" && recipients > 0);
+  if (!bar.hidden) {
+    bar.max = recipients;
+    bar.value = Math.min(Number(fanout.delivered ?? 0), recipients);
+  }
+}
+
+// The delivery of one's own tweets as the server rendered it (data-fanout), so a reload keeps it.
+export function showDeliveries(root) {
+  for (const status of root.querySelectorAll(".tweet-status[data-fanout]")) {
+    try {
+      showFanout(status.closest(".tweet"), JSON.parse(status.dataset.fanout));
+    } catch {
+      // not JSON: leave the line empty
+    }
+    status.removeAttribute("data-fanout");
+  }
 }
 
 function plural(count, one, many) {
