@@ -429,3 +429,80 @@ def test_the_delivery_line_survives_a_reload_and_a_running_fanout_shows_its_prog
     bar = shown.locator(".tweet-progress")
     expect(bar).to_be_visible()
     assert (bar.evaluate("b => b.value"), bar.evaluate("b => b.max")) == (3000, 10000)
+
+
+@pytest.mark.faults
+def test_a_503_burst_comes_back_spread_out_and_every_tweet_is_posted_once(
+    browser, app_factory, make_user, transactional_db
+):
+    # No worker and a cap of one: one post fills the queue, and the burst that follows is refused.
+    app = app_factory(workers=0, FANOUT_QUEUE_CAP="1", TWEET_RATE_LIMIT="0")
+    status, _, _ = post_json(
+        f"{app.url}/api/tweets", {"body": "first", "client_id": str(uuid.uuid4())}, cookie=session_cookie(make_user())
+    )
+    assert status == 202
+    pages = []
+    for _ in range(6):
+        context = browser.new_context(base_url=app.url)
+        context.set_default_timeout(TIMEOUT_MS)
+        page, errors = _new_page(context)
+        log_in(page, make_user())
+        pages.append((page, errors))
+    for i, (page, _) in enumerate(pages):
+        post(page, f"burst {i}")
+    for page, _ in pages:
+        expect(page.locator(TWEETS).first.locator(".tweet-status")).to_contain_text("Server busy, retrying in")
+
+    app.start_worker("worker-late")  # the queue drains; the refused come back on their own
+    for page, _ in pages:
+        expect(page.locator(TWEETS).first).to_have_attribute("data-tweet-id", AN_ID, timeout=120_000)
+    for i in range(len(pages)):
+        assert Tweet.objects.filter(body=f"burst {i}").count() == 1
+
+    # When each page sent: its first try, refused, and its first retry.
+    sent = [
+        page.evaluate(
+            "performance.getEntriesByType('resource')"
+            ".filter((e) => e.initiatorType === 'fetch' && new URL(e.name).pathname === '/api/tweets')"
+            ".map((e) => (performance.timeOrigin + e.startTime) / 1000)"
+        )
+        for page, _ in pages
+    ]
+    retry_after = 30  # no worker was listening when they were refused: the server says "a while"
+    waits = [times[1] - times[0] for times in sent]
+    assert all(wait >= retry_after - 0.5 for wait in waits), f"a retry came before Retry-After: {waits}"
+    first_retries = [times[1] for times in sent]
+    assert max(first_retries) - min(first_retries) > 3, f"the retries came back together: {first_retries}"
+    for page, errors in pages:
+        assert not errors, errors
+        page.context.close()
+
+
+def test_a_reload_during_back_off_keeps_the_wait_and_sends_once(page, make_user, transactional_db):
+    user = make_user()
+    log_in(page, user)
+    attempts: list[str] = []
+
+    def busy(route: Route) -> None:
+        attempts.append(json.loads(route.request.post_data)["client_id"])
+        route.fulfill(
+            status=503, headers={"Retry-After": "30"}, json={"error": {"code": "overloaded", "message": "busy"}}
+        )
+
+    page.route("**/api/tweets", busy)
+    post(page, "Waiting through a reload")
+    status = page.locator(TWEETS).first.locator(".tweet-status")
+    expect(status).to_contain_text("Server busy, retrying in")
+    due = json.loads(page.evaluate(f"localStorage.getItem('timeline:unsent:{user.username}')"))[0]["due"]
+
+    page.reload()  # the wait goes on where it was: not sent at once, nor the countdown restarted
+    tweet = page.locator(TWEETS).filter(has_text="Waiting through a reload")
+    expect(tweet.locator(".tweet-status")).to_contain_text("Server busy, retrying in")
+    stored = json.loads(page.evaluate(f"localStorage.getItem('timeline:unsent:{user.username}')"))
+    assert [t["due"] for t in stored] == [due] and len(attempts) == 1
+
+    page.unroute("**/api/tweets")
+    tweet.get_by_role("button", name="Retry now").click()
+    expect(tweet).to_have_attribute("data-tweet-id", AN_ID)
+    assert Tweet.objects.filter(body="Waiting through a reload").count() == 1
+    assert page.evaluate(f"localStorage.getItem('timeline:unsent:{user.username}')") is None

@@ -263,6 +263,10 @@ export class LineChart {
       if (!runs.length) continue;
       if (s.area) svgEl("path", { d: areaPath(runs, baseline), class: `chart-area ${s.className ?? ""}` }, lines);
       svgEl("path", { d: linePath(runs), class: `chart-line ${s.className ?? ""}`, "data-series": s.key }, lines);
+      // A sample with no neighbour (one job in two minutes) is a dot big enough to see.
+      for (const [point] of runs.filter((run) => run.length === 1)) {
+        svgEl("circle", { cx: fixed(point.x), cy: fixed(point.y), r: 4, class: `chart-dot ${s.className ?? ""}`, "data-series": s.key }, lines);
+      }
     }
 
     if (!samples) {
