@@ -658,9 +658,10 @@ class World:
         row = self.sql(f"SELECT {', '.join(columns)} FROM fanout_fanout WHERE tweet_id = ?", tweet_id)
         return {k: timestamp(v) if k in times else v for k, v in zip(columns, row[0], strict=True)} if row else {}
 
-    def post(self, session: str, body: str, *, timeout: float = 10) -> tuple[int, dict, dict]:
-        """POST /api/tweets as a browser (session cookie, CSRF pair): (status, headers, JSON answer)."""
-        payload = json.dumps({"body": body, "client_id": str(uuid.uuid4())}).encode()
+    def post(self, session: str, body: str, *, timeout: float = 10, **fields: str) -> tuple[int, dict, dict]:
+        """POST /api/tweets as a browser (session cookie, CSRF pair): (status, headers, JSON answer).
+        ``fields`` go into the JSON too (a ``client_id`` of one's own, a ``publish_at``)."""
+        payload = json.dumps({"body": body, "client_id": str(uuid.uuid4()), **fields}).encode()
         headers = {
             "Content-Type": "application/json",
             "X-CSRFToken": CSRF_TOKEN,

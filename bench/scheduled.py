@@ -37,15 +37,12 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import (  # noqa: E402
     BASE_DIR,
-    CSRF_TOKEN,
     OUT_DIR,
     CpuClock,
     Template,
@@ -72,18 +69,7 @@ def schedule(world: World, session: str, body: str, publish_at: float, zone: dt.
     """POST /api/tweets with ``publish_at`` as a browser sends it; the tweet's record."""
     client_id = uuid.uuid4()
     when = dt.datetime.fromtimestamp(publish_at, tz=zone).isoformat(timespec="milliseconds")
-    payload = json.dumps({"body": body, "client_id": str(client_id), "publish_at": when}).encode()
-    headers = {
-        "Content-Type": "application/json",
-        "X-CSRFToken": CSRF_TOKEN,
-        "Cookie": f"sessionid={session}; csrftoken={CSRF_TOKEN}",
-    }
-    request = urllib.request.Request(f"{world.url}/api/tweets", data=payload, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            status, answer = response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        status, answer = error.code, json.load(error)
+    status, _, answer = world.post(session, body, client_id=str(client_id), publish_at=when)
     if status != 202:
         raise RuntimeError(f"POST /api/tweets answered {status}: {answer}")
     stored = timestamp(answer["tweet"]["publish_at"])  # as the server keeps it (to the millisecond we sent)

@@ -95,7 +95,11 @@ def log_in(page: Page, user) -> None:
     expect(page.get_by_role("button", name="Log out")).to_be_visible()
 
 
-def post(page: Page, body: str) -> None:
+def post(page: Page, body: str, *, scripted: bool = True) -> None:
+    """Type a tweet and press Post. With ``scripted`` (the default), first wait until the page's
+    script has taken the form over: a click before that posts the plain form instead."""
+    if scripted:
+        expect(page.locator("#compose[data-enhanced]")).to_have_count(1)
     page.get_by_label("What is happening?").fill(body)
     page.get_by_role("button", name="Post").click()
 

@@ -180,6 +180,9 @@ def start_live_app(
         "REDIS_URL": redis_url,
         "DJANGO_DEBUG": "0",
         "PYTHONUNBUFFERED": "1",
+        # Demo mode as make run has it (the front door lists the demo logins), whatever the
+        # environment the tests were started from says.
+        "SEED_DEMO": "true",
         **env_overrides,
     }
     logs.mkdir(parents=True, exist_ok=True)

@@ -205,3 +205,12 @@ def test_healthz_reports_db_and_redis(client):
     assert response.status_code == 200
     assert response.json() == {"ok": True, "db": True, "redis": True}
     assert Tweet.objects.count() == 0
+
+
+def test_an_unknown_address_says_so_plainly(client):
+    page = client.get("/no/such/page/")
+    html = page.content.decode()
+    assert page.status_code == 404 and "There is nothing at this address." in html
+    assert "Resolver404" not in html
+    missing = client.get("/u/nobody_here/")
+    assert missing.status_code == 404 and "There is no user called nobody_here." in missing.content.decode()

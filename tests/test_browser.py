@@ -8,8 +8,10 @@ API and the background fan-out all run for real.
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 from playwright.sync_api import Route, expect
 
 from tests.browser import (
@@ -23,6 +25,7 @@ from tests.browser import (
     post,
     wait_until,
 )
+from tests.conftest import post_json, session_cookie
 from timeline import selectors, services
 from timeline.models import Follow, Tweet
 
@@ -144,14 +147,14 @@ def test_compose_works_without_javascript(browser, live_app, make_user, transact
 
         # A blank tweet: the form comes back with the error and the same client_id.
         with page.expect_response("**/tweets/new") as answer:
-            post(page, "   ")
+            post(page, "   ", scripted=False)
         assert answer.value.status == 400
         expect(page.get_by_role("alert")).to_contain_text("Write something first.")
         expect(page.locator('input[name="client_id"]')).to_have_value(client_id)
 
         body = "Posted by a plain form"
         with page.expect_response("**/tweets/new") as answer:
-            post(page, body)
+            post(page, body, scripted=False)
         assert answer.value.status == 302
         expect(page).to_have_url(live_app.url + "/")
         expect(page.locator(TWEETS).first.locator(".tweet-body")).to_have_text(body)
@@ -216,6 +219,7 @@ def test_scheduling_from_the_compose_box_in_the_browsers_zone_and_cancelling_on_
             " return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`; }"
         )
         expected = page.evaluate("(v) => new Date(v).toISOString()", local)
+        expect(page.locator("#compose[data-enhanced]")).to_have_count(1)
         page.get_by_label("What is happening?").fill("Scheduled from the page #later")
         page.get_by_label("Publish at").fill(local)
         expect(page.locator("[data-submit]")).to_have_text("Schedule")
@@ -230,9 +234,36 @@ def test_scheduling_from_the_compose_box_in_the_browsers_zone_and_cancelling_on_
         page.goto(f"/u/{user.username}/")
         item = page.locator(f'[data-scheduled-id="{tweet.pk}"]')
         expect(item).to_contain_text("Scheduled from the page")
+        page.once("dialog", lambda dialog: dialog.accept())  # "Cancel this scheduled tweet?"
         item.get_by_role("button", name="Cancel").click()
         expect(item).to_have_count(0)
         assert not Tweet.all_objects.filter(author=user).exists()
         assert not errors, f"JavaScript errors on the page: {errors}"
     finally:
         context.close()
+
+
+def test_cancelling_a_tweet_that_went_out_meanwhile_says_so(page, live_app, make_user, transactional_db):
+    user = make_user()
+    log_in(page, user)
+    client_id = str(uuid.uuid4())
+    publish_at = (timezone.now() + timedelta(seconds=3)).isoformat()
+    status, _, made = post_json(
+        f"{live_app.url}/api/tweets",
+        {"body": "Out before the click", "client_id": client_id, "publish_at": publish_at},
+        cookie=session_cookie(user),
+    )
+    assert status == 202, made
+    page.goto(f"/u/{user.username}/")
+    item = page.locator(f'[data-scheduled-id="{made["tweet"]["id"]}"]')
+    expect(item).to_be_visible()
+    wait_until(page, lambda: Tweet.objects.filter(client_id=client_id).exists(), "the tweet published", timeout=20)
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    item.get_by_role("button", name="Cancel").click()
+    expect(item.locator(".scheduled-gone")).to_have_text(
+        "This one has gone out already: reload to see it among your tweets."
+    )
+    page.reload()
+    expect(page.locator(TWEETS).filter(has_text="Out before the click")).to_have_count(1)
+    expect(page.locator("[data-scheduled]")).to_have_count(0)

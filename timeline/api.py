@@ -16,7 +16,8 @@ from django.contrib.auth import get_user_model, login
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.views import defaults
+from django.shortcuts import render
+from django.urls import Resolver404
 from django.views.csrf import csrf_failure as html_csrf_failure
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
@@ -300,7 +301,11 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     """Django's 404 handler: JSON under /api/, the 404 page elsewhere."""
     if request.path.startswith("/api/"):
         return error_response(404, "not_found", "There is nothing at this address.")
-    return defaults.page_not_found(request, exception)
+    # A view's Http404 says what is missing; the URL resolver's says nothing a reader can use.
+    message = exception.args[0] if exception is not None and exception.args else None
+    if isinstance(exception, Resolver404) or not isinstance(message, str):
+        message = None
+    return render(request, "404.html", {"exception": message, "request_path": request.path}, status=404)
 
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:

@@ -35,6 +35,9 @@ class IdConverter:
         return str(value)
 
 
+# Change lists get the page's whole width (the fan-out list's columns were cut off beside it).
+admin.site.enable_nav_sidebar = False
+
 register_converter(UsernameConverter, "username")
 register_converter(IdConverter, "id")
 

@@ -49,7 +49,7 @@ def _demo_logins() -> list[tuple[str, str]]:
         return []
     from timeline.management.commands import seed_demo  # the accounts make run seeds
 
-    return [*seed_demo.PEOPLE.items(), seed_demo.POPULAR, seed_demo.STAFF]
+    return [*seed_demo.PEOPLE.items(), seed_demo.POPULAR, seed_demo.MEGASTAR, seed_demo.STAFF]
 
 
 def _trends_or_none() -> list[dict] | None:

@@ -262,9 +262,14 @@ function localInputValue(date) {
   return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}T${pad(date.getHours())}:${pad(date.getMinutes())}`;
 }
 
-function showNote(text, { error = false } = {}) {
+function showNote(text, { error = false, link = null } = {}) {
   const note = form.querySelector("[data-compose-note]");
   note.textContent = text;
+  if (link) {
+    const anchor = document.createElement("a");
+    [anchor.href, anchor.textContent] = link;
+    note.append(anchor);
+  }
   note.classList.toggle("is-error", error);
   note.hidden = !text;
 }
@@ -285,7 +290,9 @@ async function schedule(body, when) {
     });
     scheduling = null;
     const out = new Date(answer.tweet.publish_at ?? answer.tweet.created_at);
-    showNote(`Scheduled for ${out.toLocaleString([], { dateStyle: "medium", timeStyle: "short" })}.`);
+    const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+    const when = out.toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+    showNote(`Scheduled for ${when}${zone ? ` (${zone})` : ""}. `, { link: [`/u/${encodeURIComponent(author)}/`, "See it on your profile"] });
     return true;
   } catch (error) {
     if (error instanceof ApiError && error.status < 500) scheduling = null; // refused: nothing stored
@@ -406,6 +413,7 @@ function init() {
   for (const entry of readStored()) if (entry.state === "failed") update(entry.client_id, { state: "backoff", due: 0 });
   showEntries();
   pump();
+  form.dataset.enhanced = ""; // the plain form is ours now (tests wait for this before posting)
 }
 
 if (form && timeline) init();

@@ -174,7 +174,8 @@ function lawNote({ law, waitKnown, idle, window }) {
   const larger = Math.max(predicted, measured);
   const gap = Math.abs(predicted - measured);
   // Relative: within a quarter of the larger side (both under 0.05 jobs count as empty, alike).
-  if (larger < 0.05 || gap <= LAW_TOLERANCE * larger) return `they agree, within ${LAW_TOLERANCE * 100}% (${window})`;
+  if (larger < 0.05) return `both about zero: nothing waits (${window})`;
+  if (gap <= LAW_TOLERANCE * larger) return `they agree, within ${LAW_TOLERANCE * 100}% (${window})`;
   return `they differ by ${Math.round((100 * gap) / larger)}%: expected while the queue fills or drains; the law holds over a steady stretch (${window})`;
 }
 
@@ -206,7 +207,7 @@ function drawNumbers(stats) {
   setText(stat("shed-total"), whole(stats.shed_total));
   setText(stat("shed-note"), rates.shed > 0 ? `${shedNote(rates)} now` : "posts refused with 503");
   setText(stat("workers"), `${whole(workers.busy)} / ${whole(workers.total)}`);
-  setText(stat("workers-note"), workers.total === 0 ? "no worker running: nothing drains" : "busy / total");
+  setText(stat("workers-note"), workers.total === 0 ? "no worker running: nothing drains" : "taking jobs from the queue");
 
   if (atCap !== !banner.hidden) {
     banner.hidden = !atCap;

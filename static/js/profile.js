@@ -65,10 +65,20 @@ function initScheduled() {
     event.preventDefault();
     const item = cancel.closest("[data-scheduled-id]");
     const button = cancel.querySelector("button");
+    if (!window.confirm("Cancel this scheduled tweet? It will not go out.")) return;
     button.disabled = true;
     try {
       await api(`/api/tweets/${item.dataset.scheduledId}`, { method: "DELETE" });
     } catch (failure) {
+      if (failure.status === 404) {
+        // Not scheduled any more: it went out meanwhile (it is a tweet now, with an id of its own).
+        const note = document.createElement("p");
+        note.className = "scheduled-gone";
+        note.setAttribute("role", "status");
+        note.textContent = "This one has gone out already: reload to see it among your tweets.";
+        cancel.replaceWith(note);
+        return;
+      }
       button.disabled = false;
       button.textContent = "Cancel (failed: try again)";
       button.title = failure.message;
