@@ -44,14 +44,17 @@ WORKER_QUEUES = (SCHEDULED_QUEUE, FANOUT_QUEUE, "default")
 QUEUE_KEY = f"rq:queue:{FANOUT_QUEUE}"
 RESERVATIONS_KEY = "fanout:admission:reserved"
 RESERVATION_TTL = 30
+# Set by staff on /ops/ (to watch the queue fill to a small cap, say): the cap in force instead
+# of FANOUT_QUEUE_CAP until cleared. Read by the admission script itself, so no extra round trip.
+CAP_KEY = "fanout:admission:cap"
 # RQ keeps a failed job this long for /admin/rq/; the outbox row keeps its error for good.
 FAILURE_TTL = 24 * 3600
 # Retry-After is the expected time for the queue to drain, kept within these bounds: at
 # least a second (the header's unit), and at most what a person will wait for a post.
 RETRY_AFTER_MIN, RETRY_AFTER_MAX = 1, 30
 
-# KEYS: the queue list, the reservations zset, the author's rate-limit counter.
-# ARGV: cap (0 = off), now, reservation token, reservation ttl, rate limit (0 = off), window,
+# KEYS: the queue list, the reservations zset, the author's rate-limit counter, the cap staff set.
+# ARGV: cap (0 = off; the key above wins when set), now, reservation token, reservation ttl, rate limit (0 = off), window,
 # reserve (0: the rate limit alone).
 # Returns {1, depth} admitted; {0, depth} over the cap; {-1, ttl} over the rate limit.
 _ADMIT_SCRIPT = """
@@ -71,7 +74,7 @@ if ARGV[7] == '0' then
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local depth = redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
-local cap = tonumber(ARGV[1])
+local cap = tonumber(redis.call('GET', KEYS[4]) or ARGV[1])
 if cap > 0 and depth >= cap then
   return {0, depth}
 end
@@ -123,7 +126,7 @@ def admit(*, author_id: int, rate_limit: bool = True, reserve: bool = True) -> T
     token = uuid.uuid4().hex
     limit = settings.TWEET_RATE_LIMIT if rate_limit else 0
     admitted, value = redis.register_script(_ADMIT_SCRIPT)(
-        keys=[QUEUE_KEY, RESERVATIONS_KEY, f"ratelimit:tweets:{author_id}"],
+        keys=[QUEUE_KEY, RESERVATIONS_KEY, f"ratelimit:tweets:{author_id}", CAP_KEY],
         args=[
             settings.FANOUT_QUEUE_CAP,
             time.time(),
@@ -141,6 +144,20 @@ def admit(*, author_id: int, rate_limit: bool = True, reserve: bool = True) -> T
         metrics.record_shed(limit="queue", redis=redis)
         raise Overloaded(retry_after=retry_after(depth=int(value)), depth=int(value))
     return Ticket(token) if reserve else None
+
+
+def cap(redis=None) -> int:
+    """The queue cap in force: the one staff set on /ops/, else FANOUT_QUEUE_CAP."""
+    value = (redis or get_redis()).get(CAP_KEY)
+    return int(value) if value is not None else settings.FANOUT_QUEUE_CAP
+
+
+def set_cap(value: int | None) -> None:
+    """Set the cap in force (0: no cap), or with None go back to FANOUT_QUEUE_CAP."""
+    if value is None:
+        get_redis().delete(CAP_KEY)
+    else:
+        get_redis().set(CAP_KEY, int(value))
 
 
 def release(ticket: Ticket) -> None:

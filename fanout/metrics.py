@@ -114,8 +114,10 @@ def drain_rate(*, redis: Redis | None = None) -> float:
 def snapshot(*, redis: Redis | None = None) -> dict[str, Any]:
     """Everything /api/stats and the ops page show."""
     from rq import Worker
+    from rq.suspension import is_suspended
 
     from fanout.admission import QUEUE_KEY, RESERVATIONS_KEY, retry_after
+    from fanout.admission import cap as admission_cap
 
     redis = redis or get_redis()
     depth = sample_depth(redis=redis)
@@ -142,7 +144,8 @@ def snapshot(*, redis: Redis | None = None) -> dict[str, Any]:
         "queue": {
             "depth": depth,
             "reserved": reserved,
-            "cap": settings.FANOUT_QUEUE_CAP,
+            "cap": admission_cap(redis),
+            "cap_configured": settings.FANOUT_QUEUE_CAP,  # FANOUT_QUEUE_CAP; "cap" is what staff set, if they did
             # What a refused post would be told now.
             "retry_after": retry_after(depth=depth + reserved),
             "key": QUEUE_KEY,
@@ -161,7 +164,11 @@ def snapshot(*, redis: Redis | None = None) -> dict[str, Any]:
         },
         "shed_total": shed_total,
         "shed_totals": dict(zip(SHED_LIMITS, shed_totals, strict=True)),
-        "workers": {"total": len(workers), "busy": sum(1 for w in workers if w.get_state() == "busy")},
+        "workers": {
+            "total": len(workers),
+            "busy": sum(1 for w in workers if w.get_state() == "busy"),
+            "paused": bool(is_suspended(redis)),  # by staff on /ops/: they take no job until resumed
+        },
         "history": {
             "t": seconds,
             "depth": series["depth"],

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 
-from django.conf import settings
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -75,8 +74,8 @@ class QueueCollector:
         )
         yield GaugeMetricFamily(
             "timeline_queue_cap",
-            "FANOUT_QUEUE_CAP: past it, posts are refused with 503 (0: no cap).",
-            value=settings.FANOUT_QUEUE_CAP,
+            "The queue cap in force (FANOUT_QUEUE_CAP, or what staff set on /ops/): past it, posts are refused with 503 (0: no cap).",
+            value=admission.cap(redis),
         )
         yield GaugeMetricFamily("timeline_fanout_workers", "Workers listening on the fan-out queue.", value=workers)
         arrivals, *shed = (int(value or 0) for value in totals)

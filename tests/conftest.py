@@ -38,6 +38,7 @@ CLEARED_PER_TEST = (
     "rq:job:*",
     "rq:wip:*",
     "rq:scheduled:*",
+    "rq:suspended",
     "fanout:*",
     "metrics:*",
     "ratelimit:*",

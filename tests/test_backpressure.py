@@ -317,3 +317,36 @@ async def test_while_the_queue_is_full_posts_are_refused_before_django(make_user
     await sync_to_async(redis.delete)(QUEUE_KEY)
     assert (await post_tweet())[0] == 202
     assert len(reached) == 3
+
+
+def test_staff_levers_pause_the_workers_and_set_the_cap(make_user, client_for, run_worker, settings):
+    from django_rq import get_queue
+    from rq.suspension import is_suspended
+
+    from fanout.admission import FANOUT_QUEUE
+    from fanout.connection import get_redis
+
+    settings.FANOUT_QUEUE_CAP = 100
+    staff, author = make_user(is_staff=True), make_user()
+    levers = client_for(staff)
+
+    def put(body, client=levers):
+        return client.put("/api/ops/controls", body, content_type="application/json")
+
+    assert put({"cap": 1}, client_for(author)).status_code == 403
+    for bad in ({}, {"cap": -1}, {"cap": 1.5}, {"cap": "2"}, {"cap": True}, {"workers_paused": "yes"}, [1]):
+        answer = put(bad)
+        assert answer.status_code == 400, (bad, answer.content)
+    assert not is_suspended(get_redis()) and levers.get("/api/stats").json()["queue"]["cap"] == 100
+
+    answer = put({"cap": 2, "workers_paused": True})
+    assert answer.status_code == 200
+    assert answer.json()["queue"]["cap"] == 2 and answer.json()["workers"]["paused"] is True
+    posts = [post(client_for(author)) for _ in range(3)]
+    assert [p.status_code for p in posts] == [202, 202, 503]  # the cap staff set, not the setting's
+    run_worker()  # paused: it takes nothing
+    assert get_queue(FANOUT_QUEUE).count == 2
+
+    assert put({"workers_paused": False, "cap": None}).json()["queue"]["cap"] == 100
+    run_worker()
+    assert get_queue(FANOUT_QUEUE).count == 0

@@ -223,3 +223,29 @@ def test_unreadable_stats_are_said_plainly_and_polling_recovers(open_page, live_
     expect(page.get_by_role("button", name="Try now")).to_be_hidden()
     assert failed[0] >= 2
     assert most_in_flight[0] == 1, "a poll started while another was still out"
+
+
+def test_staff_pause_the_workers_and_set_the_cap_from_the_ops_page(open_page, live_app, make_user, transactional_db):
+    from redis import Redis
+    from rq.suspension import is_suspended
+
+    from tests.conftest import LIVE_REDIS_URL
+
+    live_redis = Redis.from_url(LIVE_REDIS_URL)
+    page = open_page(live_app, make_user(is_staff=True))
+    expect(page.locator("#ops-status-text")).to_have_text(LIVE)
+    pause = page.locator("#ops-pause")
+    try:
+        pause.click()
+        expect(pause).to_have_text("Resume the workers")
+        assert is_suspended(live_redis)
+        page.get_by_label("Queue cap").fill("5")
+        page.get_by_role("button", name="Set", exact=True).click()
+        expect(stat(page, "depth")).to_have_text(re.compile(r"^\d+ / 5$"))
+        page.locator("#ops-cap-reset").click()
+        expect(stat(page, "depth")).to_have_text(re.compile(rf"^\d+ / {settings.FANOUT_QUEUE_CAP}$"))
+        pause.click()
+        expect(pause).to_have_text("Pause the workers")
+        assert not is_suspended(live_redis)
+    finally:
+        live_redis.delete("rq:suspended", "fanout:admission:cap")

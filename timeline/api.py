@@ -287,6 +287,34 @@ def stats(request: HttpRequest) -> HttpResponse:
     return JsonResponse(metrics.snapshot())
 
 
+MAX_CAP = 100_000
+
+
+@api_view("PUT", staff_required=True)
+def ops_controls(request: HttpRequest) -> HttpResponse:
+    """Staff's levers on /ops/: ``{"workers_paused": true|false}`` pauses or resumes every
+    worker (RQ's suspension: they finish the job in hand and take no other), and ``{"cap": n}``
+    sets the queue cap in force (0: none; null: back to FANOUT_QUEUE_CAP). Either or both."""
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "Send JSON with Content-Type: application/json.")
+    try:
+        data = validation.parse_json(request.body)
+    except validation.BadInput as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
+    if not isinstance(data, dict) or not data.keys() & {"workers_paused", "cap"}:
+        raise ApiError(400, "bad_json", 'Send {"workers_paused": true or false} and/or {"cap": a number or null}.')
+    paused, cap = data.get("workers_paused"), data.get("cap", ...)
+    wrong = {}
+    if "workers_paused" in data and not isinstance(paused, bool):
+        wrong["workers_paused"] = "Must be true or false."
+    if cap is not ... and cap is not None and (type(cap) is not int or not 0 <= cap <= MAX_CAP):
+        wrong["cap"] = f"Must be a whole number from 0 (no cap) to {MAX_CAP}, or null."
+    if wrong:
+        raise ApiError(400, "invalid", "Some fields need another look.", wrong)
+    services.ops_controls(workers_paused=paused, cap=cap)
+    return JsonResponse(metrics.snapshot())
+
+
 @api_view("GET", login_required=False)
 def schema(request: HttpRequest) -> HttpResponse:
     return HttpResponse(_openapi_text(), content_type="application/yaml; charset=utf-8")

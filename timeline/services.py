@@ -21,6 +21,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from fanout import admission, prometheus, push, retraction, scheduled, timelines, trends
+from fanout.connection import get_redis
 from fanout.models import Fanout, Retraction, Schedule
 from timeline import payloads, text, throttles, tweet_cache
 from timeline.models import TWEET_MAX_LENGTH, Follow, Tweet, TweetTag
@@ -413,3 +414,17 @@ def follow_delete(*, follower: AbstractBaseUser, followee: AbstractBaseUser) -> 
         if deleted:
             transaction.on_commit(partial(timelines.invalidate, [follower.pk]), robust=True)
     return bool(deleted)
+
+
+def ops_controls(*, workers_paused: bool | None = None, cap=...) -> None:
+    """Staff's levers (/ops/): pause or resume every fan-out worker, set the queue cap in force
+    (None: back to FANOUT_QUEUE_CAP). Left as they are when not given."""
+    from rq.suspension import resume, suspend
+
+    redis = get_redis()
+    if workers_paused is True:
+        suspend(redis)
+    elif workers_paused is False:
+        resume(redis)
+    if cap is not ...:
+        admission.set_cap(cap)

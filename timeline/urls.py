@@ -71,6 +71,7 @@ api_patterns = [
     path("users/<username:username>/tweets", api.user_tweets, name="user-tweets"),
     path("users/<username:username>/follow", api.follow, name="follow"),
     path("stats", api.stats, name="stats"),
+    path("ops/controls", api.ops_controls, name="ops-controls"),
     path("trends", api.trends_view, name="trends"),
     path("schema", api.schema, name="schema"),
 ]

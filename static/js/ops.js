@@ -4,6 +4,7 @@
 // When the stats cannot be read, the page says so, keeps the last numbers (marked stale),
 // and tries again with exponential backoff. Text is only ever set with textContent.
 
+import { api } from "./api.js";
 import { LineChart } from "./charts.js";
 
 const STATS_URL = "/api/stats";
@@ -330,6 +331,7 @@ async function poll() {
     everRead = true;
     drawCharts(stats);
     drawNumbers(stats);
+    drawControls(stats);
     const at = isNumber(stats.time) ? new Date(stats.time * 1000) : new Date();
     updated.dateTime = at.toISOString();
     updated.textContent = at.toLocaleTimeString(locale, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
@@ -347,6 +349,40 @@ async function poll() {
   }
   schedule(delay);
 }
+
+// -- staff's levers: pause the workers, set the cap (PUT /api/ops/controls) ----------------------
+
+const pauseButton = $("#ops-pause");
+const capForm = $("#ops-cap-form");
+const capInput = $("#ops-cap-input");
+const controlsError = $("#ops-controls-error");
+
+function drawControls(stats) {
+  const paused = Boolean(stats.workers?.paused);
+  pauseButton.dataset.paused = String(paused);
+  pauseButton.textContent = paused ? "Resume the workers" : "Pause the workers";
+  setText($("#ops-pause-note"), paused ? "paused: they take no job, and the queue fills" : "workers take jobs as they come");
+  if (document.activeElement !== capInput && isNumber(stats.queue?.cap)) capInput.value = String(stats.queue.cap);
+}
+
+async function control(body) {
+  controlsError.hidden = true;
+  try {
+    const stats = await api("/api/ops/controls", { method: "PUT", body });
+    drawNumbers(stats);
+    drawControls(stats);
+  } catch (error) {
+    controlsError.textContent = `Not changed: ${Object.values(error.fields ?? {})[0] ?? error.message}`;
+    controlsError.hidden = false;
+  }
+}
+
+pauseButton.addEventListener("click", () => control({ workers_paused: pauseButton.dataset.paused !== "true" }));
+capForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  control({ cap: Number(capInput.value) });
+});
+$("#ops-cap-reset").addEventListener("click", () => control({ cap: null }));
 
 retryButton.addEventListener("click", () => {
   if (!inFlight) poll();
