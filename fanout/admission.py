@@ -148,8 +148,12 @@ def admit(*, author_id: int, rate_limit: bool = True, reserve: bool = True) -> T
 
 def cap(redis=None) -> int:
     """The queue cap in force: the one staff set on /ops/, else FANOUT_QUEUE_CAP."""
-    value = (redis or get_redis()).get(CAP_KEY)
-    return int(value) if value is not None else settings.FANOUT_QUEUE_CAP
+    return cap_from((redis or get_redis()).get(CAP_KEY))
+
+
+def cap_from(stored: bytes | None) -> int:
+    """The cap in force, from CAP_KEY's value as read (for callers that read it in a pipeline)."""
+    return int(stored) if stored is not None else settings.FANOUT_QUEUE_CAP
 
 
 def set_cap(value: int | None) -> None:

@@ -67,7 +67,8 @@ class QueueCollector:
             pipe.zcard(admission.RESERVATIONS_KEY)
             pipe.scard(worker_registration.WORKERS_BY_QUEUE_KEY % admission.FANOUT_QUEUE)
             pipe.mget(["metrics:arrivals_total", *(f"metrics:shed_{limit}_total" for limit in metrics.SHED_LIMITS)])
-            depth, reserved, workers, totals = pipe.execute()
+            pipe.get(admission.CAP_KEY)
+            depth, reserved, workers, totals, cap_set = pipe.execute()
         yield GaugeMetricFamily("timeline_queue_depth", "Fan-out jobs waiting on the queue.", value=depth)
         yield GaugeMetricFamily(
             "timeline_queue_reserved", "Queue slots held by posts between admission and enqueue.", value=reserved
@@ -75,7 +76,7 @@ class QueueCollector:
         yield GaugeMetricFamily(
             "timeline_queue_cap",
             "The queue cap in force (FANOUT_QUEUE_CAP, or what staff set on /ops/): past it, posts are refused with 503 (0: no cap).",
-            value=admission.cap(redis),
+            value=admission.cap_from(cap_set),
         )
         yield GaugeMetricFamily("timeline_fanout_workers", "Workers listening on the fan-out queue.", value=workers)
         arrivals, *shed = (int(value or 0) for value in totals)

@@ -65,7 +65,7 @@ def top(*, redis: Redis | None = None, now: float | None = None) -> list[dict]:
 def publish(*, redis: Redis | None = None) -> dict:
     """Work out the top ten, keep them for readers, and tell every open page."""
     redis = redis or get_redis()
-    snapshot = {"trends": top(redis=redis), "window_minutes": WINDOW_MINUTES, "updated_at": _now_iso()}
+    snapshot = _snapshot(redis)
     redis.set(TOP_KEY, json.dumps(snapshot), ex=WINDOW_MINUTES * 60)
     push.send_to_groups([(GROUP, {"type": "trends.updated", **snapshot})])
     return snapshot
@@ -76,6 +76,10 @@ def current(*, redis: Redis | None = None) -> dict:
     raw = (redis or get_redis()).get(TOP_KEY)
     if raw is not None:
         return json.loads(raw)
+    return _snapshot(redis)
+
+
+def _snapshot(redis: Redis | None) -> dict:
     return {"trends": top(redis=redis), "window_minutes": WINDOW_MINUTES, "updated_at": _now_iso()}
 
 

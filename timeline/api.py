@@ -97,8 +97,8 @@ def _error_dict(exc: ValidationError) -> dict[str, list[str]]:
     return exc.message_dict if hasattr(exc, "error_dict") else {"__all__": exc.messages}
 
 
-def json_body(request: HttpRequest, *fields: str) -> dict[str, str]:
-    """The request's JSON object, with each named field a string (absent ones left out)."""
+def json_object(request: HttpRequest) -> dict:
+    """The request's body, which must be a JSON object."""
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "Send JSON with Content-Type: application/json.")
     try:
@@ -107,6 +107,12 @@ def json_body(request: HttpRequest, *fields: str) -> dict[str, str]:
         raise ApiError(exc.status, exc.code, exc.message) from None
     if not isinstance(data, dict):
         raise ApiError(400, "bad_json", "The body must be a JSON object.")
+    return data
+
+
+def json_body(request: HttpRequest, *fields: str) -> dict[str, str]:
+    """The request's JSON object, with each named field a string (absent ones left out)."""
+    data = json_object(request)
     wrong = {name: "Must be a string." for name in fields if name in data and not isinstance(data[name], str)}
     if wrong:
         raise ApiError(400, "invalid", "Some fields need another look.", wrong)
@@ -295,13 +301,8 @@ def ops_controls(request: HttpRequest) -> HttpResponse:
     """Staff's levers on /ops/: ``{"workers_paused": true|false}`` pauses or resumes every
     worker (RQ's suspension: they finish the job in hand and take no other), and ``{"cap": n}``
     sets the queue cap in force (0: none; null: back to FANOUT_QUEUE_CAP). Either or both."""
-    if request.content_type != "application/json":
-        raise ApiError(415, "unsupported_media_type", "Send JSON with Content-Type: application/json.")
-    try:
-        data = validation.parse_json(request.body)
-    except validation.BadInput as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
-    if not isinstance(data, dict) or not data.keys() & {"workers_paused", "cap"}:
+    data = json_object(request)
+    if not data.keys() & {"workers_paused", "cap"}:
         raise ApiError(400, "bad_json", 'Send {"workers_paused": true or false} and/or {"cap": a number or null}.')
     paused, cap = data.get("workers_paused"), data.get("cap", ...)
     wrong = {}

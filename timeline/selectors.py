@@ -239,7 +239,7 @@ def scheduled_tweets(*, author) -> list[Tweet]:
 def with_own_deliveries(tweets: list[Tweet], user) -> list[Tweet]:
     """Give each of ``user``'s own tweets its outbox row as ``own_fanout``, in one query: the
     page shows one's own tweets' delivery ("delivered to 12 followers"), also after a reload."""
-    own = [t.pk for t in tweets if user.is_authenticated and t.author_id == user.pk]
+    own = [t.pk for t in tweets if t.author_id == user.pk] if user.is_authenticated else []
     rows = Fanout.objects.in_bulk(own) if own else {}
     for tweet in tweets:
         tweet.own_fanout = rows.get(tweet.pk)
