@@ -30,3 +30,9 @@ def publish_trends() -> None:
 
 def publish_scheduled(tweet_id: int) -> None:
     services.tweet_publish_scheduled(tweet_id)
+
+
+def wake() -> None:
+    """Nothing. Staff's pause queues one per worker (services.ops_controls): an idle worker is
+    blocked waiting on its queues, and RQ checks for a pause only between jobs, so without this
+    it would take one more fan-out after the pause. It takes this instead, then sees the pause."""

@@ -9,14 +9,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from tests.browser import TIMEOUT_MS, _new_page, log_in
 from tests.conftest import post_json, session_cookie
-from timeline import services
+from timeline import lesson, services
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+User = get_user_model()
 
 AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 BLOCKING = {"serious", "critical"}
@@ -55,6 +57,7 @@ def open_as(browser, live_app):
 def test_no_page_has_a_serious_accessibility_violation(open_as, make_user, transactional_db, scheme, settings):
     author = make_user()
     staff = make_user(is_staff=True)
+    User.objects.create_user(username=lesson.ACCOUNT, password=None)  # as seed_demo makes it
     tweet = services.tweet_create(author=author, body="Hello #axe @someone https://example.com", client_id=uuid.uuid4())
     services.tweet_schedule(
         author=author, body="Later", client_id=uuid.uuid4(), publish_at=timezone.now() + timedelta(days=1)
@@ -69,14 +72,18 @@ def test_no_page_has_a_serious_accessibility_violation(open_as, make_user, trans
             "/tags/axe/",
             "/nowhere/",
         ],
-        author: ["/", f"/u/{author.username}/", f"/u/{staff.username}/", "/ops/"],  # /ops/: the 403
-        staff: ["/ops/"],
+        author: ["/", f"/u/{author.username}/", f"/u/{staff.username}/", "/ops/", "/lesson/"],  # /ops/: the 403
+        staff: ["/ops/", "/lesson/"],
     }
     problems = {}
     for user, paths in pages.items():
         page = open_as(user, scheme=scheme)
         for path in paths:
             page.goto(path)
+            if path == "/lesson/":  # with its charts drawn
+                page.get_by_role("button", name="Post both ways").click()
+                expect(page.locator("#lesson")).to_have_attribute("data-samples", "1")
+                expect(page.locator("#lesson")).to_have_attribute("data-busy", "false")
             page.wait_for_load_state("networkidle") if path == "/ops/" and user is staff else None
             if found := violations(page):
                 problems[f"{path} as {user.username if user else 'anonymous'}"] = found

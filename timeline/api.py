@@ -15,7 +15,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model, login
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import Resolver404
 from django.views.csrf import csrf_failure as html_csrf_failure
@@ -24,7 +24,7 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 
 from fanout import metrics, trends
 from fanout.admission import Overloaded, RateLimited
-from timeline import selectors, services, throttles, validation
+from timeline import lesson, selectors, services, throttles, validation
 from timeline.forms import LoginForm, SignupForm, TweetForm
 from timeline.payloads import fanout_payload, tweet_payload, user_payload
 
@@ -66,6 +66,8 @@ def api_view(*methods: str, login_required: bool = True, staff_required: bool = 
                 return view(request, *args, **kwargs)
             except ApiError as exc:
                 return error_response(exc.status, exc.code, exc.message, exc.fields)
+            except Http404 as exc:  # a service's "not here", in its own words
+                return error_response(404, "not_found", str(exc) or "There is nothing at this address.")
             except ValidationError as exc:
                 return error_response(400, "invalid", "Some fields need another look.", _fields(_error_dict(exc)))
             except Overloaded as exc:
@@ -313,6 +315,49 @@ def ops_controls(request: HttpRequest) -> HttpResponse:
     if wrong:
         raise ApiError(400, "invalid", "Some fields need another look.", wrong)
     services.ops_controls(workers_paused=paused, cap=cap)
+    return JsonResponse(metrics.snapshot())
+
+
+# -- the lesson page (timeline.lesson; demo mode only) --------------------------------------------
+
+
+@api_view("POST")
+def lesson_posts(request: HttpRequest) -> HttpResponse:
+    """``{"body", "client_id", "way": "inline" | "queued"}``: @lesson posts the message to its
+    audience, fanned out in the request or through the queue. As POST /api/tweets answers, plus
+    the way and, once known, how long after saving it was in every follower's timeline."""
+    lesson.account()  # 404 outside demo mode, before anything is read
+    data = json_body(request, "body", "client_id", "way")
+    form = TweetForm({"body": data.get("body"), "client_id": data.get("client_id")})
+    errors = {} if form.is_valid() else dict(form.errors)
+    if data.get("way") not in lesson.WAYS:
+        errors["way"] = [f"Must be {' or '.join(repr(way.value) for way in lesson.Way)}."]
+    if errors:
+        raise invalid(errors)
+    way = lesson.Way(data["way"])
+    result = lesson.post(
+        visitor=request.user, body=form.cleaned_data["body"], client_id=form.cleaned_data["client_id"], way=way
+    )
+    return JsonResponse(_lesson_payload(result.tweet, way), status=202 if result.created else 200)
+
+
+@never_cache
+@api_view("GET")
+def lesson_post(request: HttpRequest, tweet_id: int) -> HttpResponse:
+    """One of the lesson's tweets and its delivery: the page asks until it is in every timeline."""
+    return JsonResponse(_lesson_payload(lesson.lesson_tweet(tweet_id)))
+
+
+def _lesson_payload(tweet, way: lesson.Way | None = None) -> dict[str, Any]:
+    payload = {**_posted_payload(tweet), "delivered_after_ms": lesson.delivered_after_ms(tweet.fanout)}
+    return payload if way is None else {**payload, "way": way.value}
+
+
+@never_cache
+@api_view("GET")
+def lesson_stats(request: HttpRequest) -> HttpResponse:
+    """The queue's figures, as GET /api/stats gives staff, for anyone on the lesson page."""
+    lesson.account()
     return JsonResponse(metrics.snapshot())
 
 

@@ -66,6 +66,16 @@ class TweetForm(forms.Form):
     # Absent: post now. Else the tweet is scheduled (timeline.services.tweet_schedule).
     publish_at = ZonedDateTimeField(required=False)
 
+    def clean_body(self) -> str:
+        # The service's rule (blank, too long after normalizing), here too, so that a bad body
+        # is reported with every other field's error, not after them.
+        from timeline.services import validate_tweet_body
+
+        try:
+            return validate_tweet_body(self.cleaned_data["body"])
+        except ValidationError as exc:
+            raise ValidationError(exc.message_dict["body"]) from None
+
 
 class ComposeForm(TweetForm):
     """The home page's form: its date-and-time input has no zone, and its label says UTC (with

@@ -60,7 +60,7 @@ def _hydrate(ids: list[int]) -> list[Tweet]:
     return [by_id[i] for i in ids if i in by_id]
 
 
-def _rebuild_home(user_id: int) -> None:
+def rebuild_home(user_id: int) -> None:
     # The sentinel goes in before the database is read: see fanout.timelines.
     timelines.begin_rebuild(user_id)
     timelines.finish_rebuild(user_id, _home_ids_from_db(user_id, limit=settings.TIMELINE_CAP))
@@ -143,7 +143,7 @@ def _home_ids_from_redis(
     user_id: int, *, limit: int, before: int | None, after: int | None
 ) -> tuple[list[int], list[int]]:
     if not timelines.is_materialized(user_id):
-        _rebuild_home(user_id)
+        rebuild_home(user_id)
     authors = merged_authors(user_id)
     pages = _read_pages(user_id, authors, limit=limit, before=before, after=after)
     missing = [a for a, (_, size) in zip(authors, pages[1:], strict=True) if size < 0]
@@ -151,7 +151,7 @@ def _home_ids_from_redis(
         for author_id in missing:
             _rebuild_author(author_id)
         if pages[0][1] < 0:
-            _rebuild_home(user_id)
+            rebuild_home(user_id)
         pages = _read_pages(user_id, authors, limit=limit, before=before, after=after)
     ids = sorted({i for page_ids, _ in pages for i in page_ids}, reverse=True)[:limit]
     # A set at its cap that ran out within this page holds nothing older than its last id (or,

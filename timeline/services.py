@@ -19,8 +19,9 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.http import HttpRequest
 from django.utils import timezone
+from django_rq import get_queue
 
-from fanout import admission, prometheus, push, retraction, scheduled, timelines, trends
+from fanout import admission, delivery, prometheus, push, retraction, scheduled, timelines, trends
 from fanout.connection import get_redis
 from fanout.models import Fanout, Retraction, Schedule
 from timeline import payloads, text, throttles, tweet_cache
@@ -107,15 +108,49 @@ def user_logout(request: HttpRequest) -> None:
 
 
 def tweet_create(
-    *, author: AbstractBaseUser, body: str, client_id: uuid.UUID, admission_control: bool = True
+    *,
+    author: AbstractBaseUser,
+    body: str,
+    client_id: uuid.UUID,
+    admission_control: bool = True,
+    charged_to: AbstractBaseUser | None = None,
 ) -> PostResult:
     """Post a tweet once per client_id.
 
     The tweet, its outbox row and (after the commit) the author's own timeline entry are
     written here, in the request; delivery to followers is queued to run in the background.
     Without ``admission_control`` (demo data, imports: not people posting) neither the queue
-    cap nor the rate limit applies, and the fan-out joins the front of the queue.
+    cap nor the rate limit applies, and the fan-out joins the front of the queue. The rate
+    limit is the author's, or ``charged_to``'s (the lesson page's visitor posting as its account).
     """
+    admit = partial(admission.admit, author_id=(charged_to or author).pk) if admission_control else None
+    return _create(author, body, client_id, admit=admit, queued=True)
+
+
+def tweet_create_fanned_out_now(
+    *, author: AbstractBaseUser, body: str, client_id: uuid.UUID, charged_to: AbstractBaseUser
+) -> PostResult:
+    """Post a tweet and deliver it to every follower *in the request*, the way the queue is
+    there to avoid (the lesson page shows both): the answer waits for the whole fan-out, and
+    nothing bounds that work but the request itself. The rate limit is charged; the queue is
+    not asked for a slot, since nothing goes on it.
+
+    The same outbox row and the same delivery run as the worker's: if the run fails part way,
+    its failure is recorded and the outbox relay queues the rest, so the tweet, accepted once
+    committed, is still delivered.
+    """
+    admit = partial(admission.admit, author_id=charged_to.pk, reserve=False)
+    result = _create(author, body, client_id, admit=admit, queued=False)
+    if result.created:
+        try:
+            delivery.deliver_tweet(tweet_id=result.tweet.pk)
+        except Exception:
+            logger.exception("tweet %s: fan-out in the request failed; the outbox relay will retry it", result.tweet.pk)
+        result.tweet.fanout.refresh_from_db()
+    return result
+
+
+def _create(author: AbstractBaseUser, body: str, client_id: uuid.UUID, *, admit, queued: bool) -> PostResult:
     body = validate_tweet_body(body)
     tweet = Tweet(author=author, body=body, client_id=client_id)
     # The database enforces the constraints (and a duplicate client_id is caught below);
@@ -127,14 +162,14 @@ def tweet_create(
     # for when the post is refused, or when its insert meets the same client_id (which is
     # cheaper than a query before every post, for the retry that is rare).
     try:
-        ticket = admission.admit(author_id=author.pk) if admission_control else None
+        ticket = admit() if admit is not None else None
     except (admission.Overloaded, admission.RateLimited):
         if (existing := _tweet_by_client_id(author, client_id)) is not None:
             return PostResult(existing, created=False)
         raise
     try:
         with transaction.atomic():
-            _insert_tweet(tweet, ticket)
+            _insert_tweet(tweet, ticket, queued=queued)
     except IntegrityError:
         if ticket is not None:
             admission.release(ticket)
@@ -149,15 +184,15 @@ def tweet_create(
     return PostResult(tweet, created=True)
 
 
-def _insert_tweet(tweet: Tweet, ticket: admission.Ticket | None) -> None:
+def _insert_tweet(tweet: Tweet, ticket: admission.Ticket | None, *, queued: bool = True) -> None:
     """Insert a tweet, its outbox row and its tags, in the caller's transaction; after the
-    commit, queue its fan-out and put it in its author's timeline."""
+    commit, queue its fan-out (unless the caller delivers it) and put it in its author's timeline."""
     _commit_tweet_ids_in_order()
     tweet.save()
     fanout = Fanout.objects.create(tweet=tweet)
     if tags := text.tags(tweet.body):
         TweetTag.objects.bulk_create([TweetTag(tweet=tweet, tag=tag) for tag in tags])
-    transaction.on_commit(partial(_after_tweet_commit, tweet, fanout, ticket, tags))
+    transaction.on_commit(partial(_after_tweet_commit, tweet, fanout, ticket, tags, queued=queued))
 
 
 def _tweet_by_client_id(author: AbstractBaseUser, client_id: uuid.UUID) -> Tweet | None:
@@ -377,13 +412,16 @@ def _commit_tweet_ids_in_order() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [TWEET_ORDER_LOCK])
 
 
-def _after_tweet_commit(tweet: Tweet, fanout: Fanout, ticket: admission.Ticket | None, tags: list[str]) -> None:
+def _after_tweet_commit(
+    tweet: Tweet, fanout: Fanout, ticket: admission.Ticket | None, tags: list[str], *, queued: bool
+) -> None:
     # The tweet is committed, so it is accepted whatever happens next: nothing here may turn
     # the answer into an error. If the enqueue fails, the outbox relay queues the fan-out that
     # is still pending; if the author's timeline cannot be written, it is dropped and rebuilt
     # from the database on read. The two steps are independent: neither failure skips the other.
     try:
-        admission.enqueue_fanout(fanout, ticket=ticket)
+        if queued:
+            admission.enqueue_fanout(fanout, ticket=ticket)
     except Exception:
         logger.exception("tweet %s committed but maybe not queued; the outbox relay will see to it", tweet.pk)
     with suppress(Exception):  # a cache: a miss is filled on the first read
@@ -424,6 +462,9 @@ def ops_controls(*, workers_paused: bool | None = None, cap=...) -> None:
     redis = get_redis()
     if workers_paused is True:
         suspend(redis)
+        wake = get_queue("default", connection=redis)
+        for _ in range(admission.workers_listening()):
+            wake.enqueue_call("fanout.jobs.wake", result_ttl=0, failure_ttl=60)
     elif workers_paused is False:
         resume(redis)
     if cap is not ...:

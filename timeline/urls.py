@@ -72,6 +72,9 @@ api_patterns = [
     path("users/<username:username>/follow", api.follow, name="follow"),
     path("stats", api.stats, name="stats"),
     path("ops/controls", api.ops_controls, name="ops-controls"),
+    path("lesson/posts", api.lesson_posts, name="lesson-posts"),
+    path("lesson/posts/<id:tweet_id>", api.lesson_post, name="lesson-post"),
+    path("lesson/stats", api.lesson_stats, name="lesson-stats"),
     path("trends", api.trends_view, name="trends"),
     path("schema", api.schema, name="schema"),
 ]
@@ -94,6 +97,7 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("metrics", views.metrics, name="metrics"),
     path("ops/", views.ops, name="ops"),
+    path("lesson/", views.lesson_page, name="lesson"),
     path("api/", include((api_patterns, "api"))),
     path("admin/rq/", include((_rq_dashboard_patterns(), "django_rq"))),
     path("admin/", admin.site.urls),

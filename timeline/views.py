@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from fanout import prometheus, trends
 from fanout.admission import Overloaded, RateLimited
 from fanout.connection import get_redis
-from timeline import selectors, services, text, throttles, validation
+from timeline import lesson, selectors, services, text, throttles, validation
 from timeline.forms import ComposeForm, SignupForm
 from timeline.middleware import outage_part, unavailable_response
 from timeline.models import TWEET_MAX_LENGTH
@@ -226,6 +226,37 @@ def ops(request: HttpRequest) -> HttpResponse:
     if not request.user.is_staff:
         raise PermissionDenied(f"This page is for staff only, and {request.user.get_username()} is not staff.")
     return render(request, "ops.html", {"cap": settings.FANOUT_QUEUE_CAP})
+
+
+@login_required
+@require_GET
+def lesson_page(request: HttpRequest) -> HttpResponse:
+    """One message posted two ways side by side, and the queue live (timeline.lesson; drawn
+    by static/js/lesson.js and ops.js). For everyone, in demo mode only."""
+    from timeline.management.commands import seed_demo  # the staff login make run seeds
+
+    account = lesson.account()  # 404 outside demo mode
+    audience = lesson.audience_size(account)
+    context = {
+        "account": account,
+        "audience": audience,
+        "audience_text": f"{audience:,}",
+        "ways": LESSON_WAYS,
+        "tweet_max_length": TWEET_MAX_LENGTH,
+        "cap": settings.FANOUT_QUEUE_CAP,
+        "demo_staff": seed_demo.STAFF[0],
+    }
+    return render(request, "timeline/lesson.html", context)
+
+
+LESSON_WAYS = [
+    (lesson.Way.INLINE, "In the request", "The server writes every follower's timeline, then answers."),
+    (
+        lesson.Way.QUEUED,
+        "Through the queue",
+        "The server saves the tweet, queues one job and answers; a worker delivers it.",
+    ),
+]
 
 
 @require_GET

@@ -36,6 +36,17 @@ async function csrfToken() {
   return readCookie("csrftoken") ?? "";
 }
 
+// crypto.randomUUID exists only in secure contexts (https, localhost); the fallback builds the
+// same version-4 UUID from getRandomValues, which exists everywhere.
+export function newClientId() {
+  if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
 // Retry-After is either a number of seconds or an HTTP date.
 export function parseRetryAfter(value) {
   if (value == null || value.trim() === "") return null;

@@ -96,7 +96,8 @@ export class LineChart {
    *   series: [{ key, label, className, area }]: className picks the colour and dash in CSS
    *   legendExtra: [{ key, label, className }]: more legend entries, such as reference lines
    *   format: value -> text for ticks and the summary; integer: whole-number ticks
-   *   minTop: the y axis reaches at least this; xTicks: seconds between x ticks
+   *   minTop: the y axis reaches at least this; xTicks: x units between x ticks, counted back from the end
+   *   xTickLabel: (x, fromEnd) -> the tick's text; by default "now", then the seconds ago
    *   empty: what to say when no series has a sample
    */
   constructor(container, options) {
@@ -107,6 +108,7 @@ export class LineChart {
       integer: false,
       minTop: 0,
       xTicks: 30,
+      xTickLabel: (_x, ago) => (ago === 0 ? "now" : String(Math.round(ago))),
       empty: "No samples yet",
       ...options,
     };
@@ -218,7 +220,7 @@ export class LineChart {
     const yName = svgEl("text", { x: 2, y: 12, class: "chart-axis-label" }, this.plot);
     yName.textContent = options.yLabel;
 
-    // x ticks: whole multiples of xTicks seconds before "now".
+    // x ticks: whole multiples of xTicks back from the end ("now" on a time axis).
     const axis = svgEl("g", { class: "chart-axis" }, this.plot);
     svgEl("line", { x1: left, x2: left + plotW, y1: baseline, y2: baseline }, axis);
     for (let ago = 0; ago <= span + 1e-9; ago += options.xTicks) {
@@ -226,7 +228,7 @@ export class LineChart {
       svgEl("line", { x1: fixed(px), x2: fixed(px), y1: baseline, y2: baseline + 4 }, axis);
       const anchor = ago === 0 ? "end" : px - left < 14 ? "start" : "middle";
       const label = svgEl("text", { x: fixed(px), y: baseline + 16, class: "chart-tick", "text-anchor": anchor }, axis);
-      label.textContent = ago === 0 ? "now" : String(Math.round(ago));
+      label.textContent = options.xTickLabel(data.end - ago, ago);
     }
     const xAttrs = { x: left + plotW / 2, y: HEIGHT - 4, class: "chart-axis-label", "text-anchor": "middle" };
     const xName = svgEl("text", xAttrs, this.plot);

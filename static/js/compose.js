@@ -10,7 +10,7 @@
 // doubling window (static/js/backoff.js), for as long as it takes; a tweet written offline is
 // sent when the browser is back online. "Retry now" sends at once.
 
-import { api, ApiError } from "./api.js";
+import { api, ApiError, newClientId } from "./api.js";
 import { delay } from "./backoff.js";
 import { fillTweet, findTweetByClientId, findTweetById, renderTweet, setStatus, showFanout } from "./tweets.js";
 
@@ -64,17 +64,6 @@ function update(clientId, changes) {
 
 function unstore(clientId) {
   writeStored(readStored().filter((t) => t.client_id !== clientId));
-}
-
-// crypto.randomUUID exists only in secure contexts (https, localhost); the fallback builds the
-// same version-4 UUID from getRandomValues, which exists everywhere.
-function newClientId() {
-  if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
-  const bytes = crypto.getRandomValues(new Uint8Array(16));
-  bytes[6] = (bytes[6] & 0x0f) | 0x40;
-  bytes[8] = (bytes[8] & 0x3f) | 0x80;
-  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
 // Counted as the server counts: NFC-normalized, trimmed, in code points (not UTF-16 units).

@@ -1,4 +1,6 @@
-// The staff ops page: polls GET /api/stats once a second and draws the fan-out queue.
+// The queue dashboard (templates/_queue_dashboard.html), on the staff ops page and on the
+// lesson page: polls the stats (GET /api/stats, or /api/lesson/stats for the lesson's visitors)
+// once a second and draws the fan-out queue; staff also get the levers.
 //
 // One request at a time: the next poll is scheduled only when the last one has finished.
 // When the stats cannot be read, the page says so, keeps the last numbers (marked stale),
@@ -7,13 +9,13 @@
 import { api } from "./api.js";
 import { LineChart } from "./charts.js";
 
-const STATS_URL = "/api/stats";
 const POLL_MS = 1000;
 const MAX_BACKOFF_MS = 30_000;
 const REQUEST_TIMEOUT_MS = 5000;
 const HISTORY_SECONDS = 120;
 
 const root = document.getElementById("ops");
+const STATS_URL = root.dataset.statsUrl || "/api/stats";
 const pageCap = Number(root.dataset.cap);
 const locale = document.documentElement.lang || undefined;
 
@@ -358,6 +360,7 @@ const capInput = $("#ops-cap-input");
 const controlsError = $("#ops-controls-error");
 
 function drawControls(stats) {
+  if (!pauseButton) return; // not staff: no levers on the page
   const paused = Boolean(stats.workers?.paused);
   pauseButton.dataset.paused = String(paused);
   pauseButton.textContent = paused ? "Resume the workers" : "Pause the workers";
@@ -377,12 +380,14 @@ async function control(body) {
   }
 }
 
-pauseButton.addEventListener("click", () => control({ workers_paused: pauseButton.dataset.paused !== "true" }));
-capForm.addEventListener("submit", (event) => {
-  event.preventDefault();
-  control({ cap: Number(capInput.value) });
-});
-$("#ops-cap-reset").addEventListener("click", () => control({ cap: null }));
+if (pauseButton) {
+  pauseButton.addEventListener("click", () => control({ workers_paused: pauseButton.dataset.paused !== "true" }));
+  capForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    control({ cap: Number(capInput.value) });
+  });
+  $("#ops-cap-reset").addEventListener("click", () => control({ cap: null }));
+}
 
 retryButton.addEventListener("click", () => {
   if (!inFlight) poll();

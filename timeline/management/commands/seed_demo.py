@@ -15,7 +15,7 @@ from django.contrib.auth.hashers import make_password
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from timeline import services
+from timeline import lesson, services
 from timeline.models import Follow
 
 User = get_user_model()
@@ -72,10 +72,14 @@ class Command(BaseCommand):
                 Follow.objects.get_or_create(follower=users[follower], followee=users[followee])
             self._fans(users[POPULAR[0]], fans, prefix="fan")
             self._fans(users[MEGASTAR[0]], stars_fans, prefix="starfan")
+            # The lesson page's account: nobody logs in as it; the popular account's fans follow it.
+            teacher = self._user(lesson.ACCOUNT, None)
+            self._fans(teacher, fans, prefix="fan")
         for name, bodies in TWEETS.items():
             for i, body in enumerate(bodies):
                 client_id = uuid.uuid5(DEMO_NAMESPACE, f"{name}/{i}")
                 services.tweet_create(author=users[name], body=body, client_id=client_id, admission_control=False)
+        built = lesson.prepare_audience(teacher)
 
         self.stdout.write(self.style.SUCCESS("Demo data ready. Log in as:"))
         for name, password in [*PEOPLE.items(), POPULAR, MEGASTAR]:
@@ -83,10 +87,13 @@ class Command(BaseCommand):
         self.stdout.write(f"  {STAFF[0]:<10} {STAFF[1]}   (staff: /admin/)")
         self.stdout.write(f"  {POPULAR[0]} has {fans} extra followers (fan0000...), to watch a large fan-out.")
         self.stdout.write(f"  {MEGASTAR[0]} has {stars_fans} (starfan0000...): merged on read, not fanned out.")
+        self.stdout.write(
+            f"  /lesson/ posts as @{lesson.ACCOUNT} to the same {fans} fans ({built} timelines built now)."
+        )
 
-    def _user(self, name: str, password: str, staff: bool = False):
-        # Made once with the demo password; an account that exists is left alone, so a password
-        # someone changed is never put back to the published one.
+    def _user(self, name: str, password: str | None, staff: bool = False):
+        # Made once with the demo password (None: it cannot log in); an account that exists is
+        # left alone, so a password someone changed is never put back to the published one.
         user, created = User.objects.get_or_create(username=name)
         if created:
             user.set_password(password)
