@@ -353,10 +353,10 @@ def test_pages_carry_a_content_security_policy_without_inline_scripts(make_user,
 def test_seeding_never_resets_a_password_someone_changed(redis):
     from django.core.management import call_command
 
-    call_command("seed_demo", fans=2, stdout=open("/dev/null", "w"))
+    call_command("seed_demo", fans=2, lesson_audience=2, stdout=open("/dev/null", "w"))
     alice = User.objects.get(username="alice")
     alice.set_password("my-own-secret-now")
     alice.save()
-    call_command("seed_demo", fans=2, stdout=open("/dev/null", "w"))
+    call_command("seed_demo", fans=2, lesson_audience=2, stdout=open("/dev/null", "w"))
     alice.refresh_from_db()
     assert alice.check_password("my-own-secret-now") and not alice.check_password("alice-demo-pass")

@@ -137,7 +137,7 @@ def test_staff_see_charts_drawn_and_the_numbers_follow_posts(open_page, live_app
     assert [status for status, _ in post_tweets(live_app, staff, 3)] == [202, 202, 202]
     expect(stat(page, "arrival")).to_have_text("0.3 /s")
     expect(stat(page, "drain")).to_have_text("0.3 /s")
-    expect(stat(page, "wait")).to_have_text(re.compile(r"^\d+(\.\d+)? s$"))
+    expect(stat(page, "wait")).to_have_text(re.compile(r"^(\d+ ms|\d+(\.\d+)? s)$"))
     expect(stat(page, "law-predicted")).to_have_text(re.compile(r"^L = λ × W = \d+(\.\d+)?$"))
     expect(stat(page, "law-measured")).to_have_text(re.compile(r"^measured L = \d+(\.\d+)?$"))
     # The verdict follows the two sides with a stated relative tolerance (read in one go: it polls).

@@ -182,8 +182,8 @@ def test_ids_of_deleted_tweets_are_dropped_and_the_page_reads_on_past_them(make_
 def test_seeding_ignores_a_full_queue_and_its_own_old_jobs(settings, redis):
     settings.FANOUT_QUEUE_CAP = 3
     redis.rpush(f"rq:queue:{FANOUT_QUEUE}", *[f"old-job-{i}" for i in range(5)])  # left by an earlier run
-    call_command("seed_demo", fans=5, stdout=open("/dev/null", "w"))
-    call_command("seed_demo", fans=5, stdout=open("/dev/null", "w"))  # and again, on the next start
+    call_command("seed_demo", fans=5, lesson_audience=5, stdout=open("/dev/null", "w"))
+    call_command("seed_demo", fans=5, lesson_audience=5, stdout=open("/dev/null", "w"))  # and again, on the next start
 
     seeded = Tweet.objects.count()
     assert seeded >= 5 and Fanout.objects.filter(state="queued").count() == seeded

@@ -93,7 +93,9 @@ export class LineChart {
    * @param {object} options
    *   title: the chart's accessible name; description: what it shows (for screen readers)
    *   yLabel: the y axis name with its unit; xLabel: the x axis name with its unit
-   *   series: [{ key, label, className, area }]: className picks the colour and dash in CSS
+   *   series: [{ key, label, className, area, dots }]: className picks the colour and dash in
+   *     CSS; dots: the series is points, not a line (its legend shows a dot)
+   *   dotRadius: the radius of a lone point (4)
    *   legendExtra: [{ key, label, className }]: more legend entries, such as reference lines
    *   format: value -> text for ticks and the summary; integer: whole-number ticks
    *   minTop: the y axis reaches at least this; xTicks: x units between x ticks, counted back from the end
@@ -110,6 +112,7 @@ export class LineChart {
       xTicks: 30,
       xTickLabel: (_x, ago) => (ago === 0 ? "now" : String(Math.round(ago))),
       empty: "No samples yet",
+      dotRadius: 4,
       ...options,
     };
     this.data = null;
@@ -148,7 +151,8 @@ export class LineChart {
       const item = htmlEl("li", "", list);
       if (entry.key) item.dataset.key = entry.key;
       const swatch = svgEl("svg", { class: "chart-swatch", width: 24, height: 10, "aria-hidden": "true" }, item);
-      svgEl("line", { x1: 1, y1: 5, x2: 23, y2: 5, class: `chart-line ${entry.className ?? ""}` }, swatch);
+      if (entry.dots) svgEl("circle", { cx: 12, cy: 5, r: 4, class: `chart-dot ${entry.className ?? ""}` }, swatch);
+      else svgEl("line", { x1: 1, y1: 5, x2: 23, y2: 5, class: `chart-line ${entry.className ?? ""}` }, swatch);
       const label = htmlEl("span", "", item);
       label.textContent = entry.label;
     }
@@ -267,7 +271,7 @@ export class LineChart {
       svgEl("path", { d: linePath(runs), class: `chart-line ${s.className ?? ""}`, "data-series": s.key }, lines);
       // A sample with no neighbour (one job in two minutes) is a dot big enough to see.
       for (const [point] of runs.filter((run) => run.length === 1)) {
-        svgEl("circle", { cx: fixed(point.x), cy: fixed(point.y), r: 4, class: `chart-dot ${s.className ?? ""}`, "data-series": s.key }, lines);
+        svgEl("circle", { cx: fixed(point.x), cy: fixed(point.y), r: options.dotRadius, class: `chart-dot ${s.className ?? ""}`, "data-series": s.key }, lines);
       }
     }
 

@@ -19,6 +19,7 @@ const postButton = document.getElementById("lesson-post");
 const burstButton = document.getElementById("lesson-burst");
 const errorBox = document.getElementById("lesson-error");
 const burstSummary = document.getElementById("lesson-burst-summary");
+const burstWait = document.getElementById("lesson-burst-wait");
 
 const BURST = 20;
 const TRIED_AGAIN = new Set([0, 429, 503]); // 0: the server was not reached
@@ -82,6 +83,7 @@ async function delivered(tweetId, onProgress) {
 function progressText(fanout) {
   if (!fanout || fanout.state === "pending" || fanout.state === "queued") return "Saved, waiting in the queue for a worker…";
   if (fanout.state === "failed") return "A delivery try failed; it will be tried again…";
+  if (!fanout.recipients) return "A worker is delivering it…";
   return `A worker is delivering it: ${whole(fanout.delivered)} of ${whole(fanout.recipients)} timelines…`;
 }
 
@@ -105,9 +107,9 @@ const latencyChart = new LineChart(document.querySelector("#lesson-latency .char
   minTop: 10,
   xTickLabel: (x) => String(Math.round(x)),
   series: [
-    { key: "inline", label: "in the request: answer (and delivery)", className: "series-drain" },
+    { key: "inline", label: "in the request: answer", className: "series-drain" },
     { key: "queuedAnswer", label: "through the queue: answer", className: "series-arrivals" },
-    { key: "queuedDelivered", label: "through the queue: in every timeline", className: "series-wait" },
+    { key: "queuedDelivered", label: "through the queue: in every timeline, after saving", className: "series-wait" },
   ],
   empty: "Post to see the two latencies",
 });
@@ -191,20 +193,22 @@ const burstChart = new LineChart(document.querySelector("#lesson-retries .chart-
   xLabel: "seconds since the burst began",
   integer: true,
   format: whole,
-  minTop: BURST,
+  minTop: BURST + 1, // the top post's dot clear of the edge
+  dotRadius: 3,
   xTickLabel: (x) => String(Math.round(x)),
   series: [
-    { key: "refused", label: "refused (503), tried again", className: "series-refused" },
-    { key: "accepted", label: "accepted", className: "series-arrivals" },
+    { key: "refused", label: "refused (503), tried again", className: "series-refused", dots: true },
+    { key: "accepted", label: "accepted", className: "series-arrivals", dots: true },
   ],
   empty: "No burst yet",
 });
 
-let burst = null; // { started, tries: [{ post, at, accepted, retry }], finished }
+let burst = null; // { started, tries: [{ post, at, accepted, retry }], due: Map(post -> next try), finished }
 
 function drawBurst() {
   if (!burst) {
-    burstChart.update({ start: 0, end: 10, t: [], values: {} });
+    burstChart.options.xTicks = 2;
+    burstChart.update({ start: -0.5, end: 10, t: [], values: {} });
     return;
   }
   const now = burst.finished ?? performance.now();
@@ -221,7 +225,8 @@ function drawBurst() {
     accepted.push(tr.accepted ? tr.post : null, null);
   }
   burstChart.options.xTicks = step;
-  burstChart.update({ start: 0, end, t, values: { refused, accepted }, summary: burstSummary.textContent });
+  // A little room left of 0, where the first tries of all twenty sit.
+  burstChart.update({ start: -end / 50, end, t, values: { refused, accepted }, summary: burstSummary.textContent });
 }
 
 function describeBurst() {
@@ -234,22 +239,34 @@ function describeBurst() {
     text += `; ${retried.size} refused at first, with ${refusals.length} refusals in all`;
     if (retryTimes.length) {
       text += `; their retries came between ${secondsFormat.format(Math.min(...retryTimes))} s and ` +
-        `${secondsFormat.format(Math.max(...retryTimes))} s after the burst`;
+        `${secondsFormat.format(Math.max(...retryTimes))} s after the burst began`;
     }
   }
-  burstSummary.textContent = `${text}.`;
+  // Only a change is written: the summary is a live region, read out when it changes.
+  if (burstSummary.textContent !== `${text}.`) burstSummary.textContent = `${text}.`;
+  const now = performance.now();
+  const waits = [...burst.due.values()].filter((due) => due > now).map((due) => Math.ceil((due - now) / 1000));
+  burstWait.textContent = waits.length
+    ? `${waits.length} waiting to try again (the server's Retry-After plus a random share): ` +
+      `the next in ${Math.min(...waits)} s, the last in ${Math.max(...waits)} s.`
+    : "";
   root.dataset.burstAccepted = String(acceptedCount);
   root.dataset.burstRefusals = String(refusals.length);
 }
 
 async function postBurst(body) {
-  burst = { started: performance.now(), tries: [], finished: null };
-  const ticker = setInterval(drawBurst, 500);
+  burst = { started: performance.now(), tries: [], due: new Map(), finished: null };
+  const ticker = setInterval(() => {
+    describeBurst();
+    drawBurst();
+  }, 1000);
   burstSummary.textContent = "";
   try {
     await Promise.all(Array.from({ length: BURST }, (_, i) =>
       post(`${body} (${i + 1} of ${BURST})`, "queued", {
+        onWait: (_error, wait) => burst.due.set(i + 1, performance.now() + wait),
         onTry: ({ at, accepted, attempt }) => {
+          burst.due.delete(i + 1);
           burst.tries.push({ post: i + 1, at, accepted, retry: attempt > 0 });
           describeBurst();
           drawBurst();

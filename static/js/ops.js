@@ -38,7 +38,8 @@ function decimal(v) {
 }
 
 const perSecond = (v) => (isNumber(v) ? `${decimal(v)} /s` : "–");
-const seconds = (v) => (isNumber(v) ? `${decimal(v)} s` : "–");
+// Under a second in milliseconds: a wait of 4 ms is not "0 s".
+const seconds = (v) => (!isNumber(v) ? "–" : Math.abs(v) < 1 ? `${whole(v * 1000)} ms` : `${decimal(v)} s`);
 
 // -- the page's parts ------------------------------------------------------------------------
 
@@ -354,17 +355,18 @@ async function poll() {
 
 // -- staff's levers: pause the workers, set the cap (PUT /api/ops/controls) ----------------------
 
-const pauseButton = $("#ops-pause");
-const capForm = $("#ops-cap-form");
-const capInput = $("#ops-cap-input");
-const controlsError = $("#ops-controls-error");
+// Found in the whole page: the lesson page puts them beside its burst, outside the dashboard.
+const pauseButton = document.getElementById("ops-pause");
+const capForm = document.getElementById("ops-cap-form");
+const capInput = document.getElementById("ops-cap-input");
+const controlsError = document.getElementById("ops-controls-error");
 
 function drawControls(stats) {
   if (!pauseButton) return; // not staff: no levers on the page
   const paused = Boolean(stats.workers?.paused);
   pauseButton.dataset.paused = String(paused);
   pauseButton.textContent = paused ? "Resume the workers" : "Pause the workers";
-  setText($("#ops-pause-note"), paused ? "paused: they take no job, and the queue fills" : "workers take jobs as they come");
+  setText(document.getElementById("ops-pause-note"), paused ? "paused: they take no job, and the queue fills" : "workers take jobs as they come");
   if (document.activeElement !== capInput && isNumber(stats.queue?.cap)) capInput.value = String(stats.queue.cap);
 }
 
@@ -386,7 +388,7 @@ if (pauseButton) {
     event.preventDefault();
     control({ cap: Number(capInput.value) });
   });
-  $("#ops-cap-reset").addEventListener("click", () => control({ cap: null }));
+  document.getElementById("ops-cap-reset").addEventListener("click", () => control({ cap: null }));
 }
 
 retryButton.addEventListener("click", () => {

@@ -62,8 +62,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--fans", type=int, default=1000, help="Followers of the popular account.")
         parser.add_argument("--stars-fans", type=int, default=6000, help="Followers of the megastar account.")
+        parser.add_argument("--lesson-audience", type=int, default=5000, help="Followers of the lesson's account.")
 
-    def handle(self, *args, fans: int, stars_fans: int, **options):
+    def handle(self, *args, fans: int, stars_fans: int, lesson_audience: int, **options):
         accounts = {**PEOPLE, POPULAR[0]: POPULAR[1], MEGASTAR[0]: MEGASTAR[1]}
         with transaction.atomic():
             users = {name: self._user(name, password) for name, password in accounts.items()}
@@ -72,9 +73,10 @@ class Command(BaseCommand):
                 Follow.objects.get_or_create(follower=users[follower], followee=users[followee])
             self._fans(users[POPULAR[0]], fans, prefix="fan")
             self._fans(users[MEGASTAR[0]], stars_fans, prefix="starfan")
-            # The lesson page's account: nobody logs in as it; the popular account's fans follow it.
+            # The lesson page's account: nobody logs in as it. Its audience is as large as fan-out
+            # on write goes (FANOUT_ON_READ_THRESHOLD), so that delivering in the request shows.
             teacher = self._user(lesson.ACCOUNT, None)
-            self._fans(teacher, fans, prefix="fan")
+            self._fans(teacher, lesson_audience, prefix="pupil")
         for name, bodies in TWEETS.items():
             for i, body in enumerate(bodies):
                 client_id = uuid.uuid5(DEMO_NAMESPACE, f"{name}/{i}")
@@ -88,7 +90,7 @@ class Command(BaseCommand):
         self.stdout.write(f"  {POPULAR[0]} has {fans} extra followers (fan0000...), to watch a large fan-out.")
         self.stdout.write(f"  {MEGASTAR[0]} has {stars_fans} (starfan0000...): merged on read, not fanned out.")
         self.stdout.write(
-            f"  /lesson/ posts as @{lesson.ACCOUNT} to the same {fans} fans ({built} timelines built now)."
+            f"  /lesson/ posts as @{lesson.ACCOUNT} to {lesson_audience} followers (pupil0000...; {built} timelines built now)."
         )
 
     def _user(self, name: str, password: str | None, staff: bool = False):
