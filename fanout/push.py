@@ -1,9 +1,11 @@
-"""The one place that talks to the channel layer.
+"""The one place that sends to the pages' sockets.
 
 Events are plain dicts with a ``type`` (``tweet.new``, ``tweet.deleted``, ``mention.new``,
-``fanout.progress``, ``fanout.done``), sent to per-user groups; the websocket consumer forwards
-them to the browser unchanged. Each socket is also in its login session's group, which hears
-``session.ended`` on logout.
+``fanout.progress``, ``fanout.done``) for users: each goes out once per batch, as the JSON the
+page gets, with the ids of the users it is for, on one Redis channel that every web process
+reads (fanout.multicast); the websocket consumer passes it on to that user's pages unchanged.
+Each socket is also in its login session's group on the channel layer, which hears
+``session.ended`` on logout, and in the trends group.
 
 Workers are synchronous, and the channel layer is asyncio. With the pub/sub layer (the
 default, see docs/benchmarks.md) a group send is one PUBLISH, and the layer sends them one at a
@@ -30,6 +32,7 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from fanout import multicast
 from fanout.connection import get_redis
 
 logger = logging.getLogger(__name__)
@@ -40,10 +43,6 @@ SEND_TIMEOUT_SECONDS = 10
 _loop: asyncio.AbstractEventLoop | None = None
 _loop_pid: int | None = None
 _loop_lock = threading.Lock()
-
-
-def user_group(user_id: int) -> str:
-    return f"user.{user_id}"
 
 
 def session_group(session_key: str) -> str:
@@ -87,9 +86,25 @@ def send(messages: Iterable[tuple[int, Event]]) -> None:
     """Send each (user_id, event); live push is best effort, so failures are logged, not raised.
 
     A user who misses an event loses nothing: the page fills gaps from the home timeline
-    (``?after=``) when its socket reconnects.
+    (``?after=``) when its socket reconnects. One event object for many users (a fan-out
+    batch's ``tweet.new``) is one message, in one pipeline with the batch's others, in order.
     """
-    send_to_groups((user_group(user_id), event) for user_id, event in messages)
+    recipients: dict[int, tuple[Event, list[int]]] = {}
+    for user_id, event in messages:
+        recipients.setdefault(id(event), (event, []))[1].append(user_id)
+    if not recipients:
+        return
+    try:
+        with get_redis().pipeline(transaction=False) as pipe:
+            for event, user_ids in recipients.values():
+                pipe.publish(multicast.CHANNEL, multicast.encode(user_ids, _page_json(event)))
+            pipe.execute()
+    except (RedisError, OSError) as exc:  # Redis away: one line, the pages catch up later
+        logger.warning("live push of %d event(s) failed: %s", len(recipients), exc)
+
+
+def _page_json(event: Event) -> str:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
 
 
 # Events the socket only passes on to the page. They travel as the JSON the page will get,
@@ -102,7 +117,7 @@ FORWARDED = frozenset({"tweet.new", "tweet.deleted", "mention.new", "fanout.prog
 def on_the_wire(event: Event) -> Event:
     if event.get("type") not in FORWARDED:
         return event
-    return {"type": event["type"], "text": json.dumps(event, separators=(",", ":"), ensure_ascii=False)}
+    return {"type": event["type"], "text": _page_json(event)}
 
 
 def send_to_groups(messages: Iterable[tuple[str, Event]]) -> None:

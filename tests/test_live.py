@@ -10,10 +10,10 @@ import uuid
 import pytest
 import websockets
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
-from fanout import presence, push, watermark
+from fanout import multicast, presence, push, watermark
+from fanout.connection import get_redis
 from tests.conftest import post_json, session_cookie
 from timeline.asgi import application
 from timeline.services import follow_create
@@ -51,12 +51,39 @@ async def test_events_reach_only_the_intended_user(make_user):
     assert await sync_to_async(presence.online_among)([alice.pk, bob.pk]) == [alice.pk, bob.pk]
 
     event = push.tweet_new({"id": 1, "body": "for alice"})
-    await get_channel_layer().group_send(push.user_group(alice.pk), event)
+    await sync_to_async(push.send)([(alice.pk, event)])
 
     assert await to_alice.receive_json_from(timeout=5) == event
     assert await to_bob.receive_nothing(timeout=0.3)
     await to_alice.disconnect()
     await to_bob.disconnect()
+
+
+async def test_one_message_reaches_every_socket_of_every_user_it_names_and_no_other(make_user):
+    """fanout.multicast: one published message per event, however many users and sockets."""
+    alice, bob, carol = [await sync_to_async(make_user)() for _ in range(3)]
+    sockets = {name: [(await connect(user))[0] for _ in range(2)] for name, user in (("alice", alice), ("bob", bob))}
+    sockets["carol"] = [(await connect(carol))[0]]
+    received = multicast.registry().sockets
+    assert {alice.pk, bob.pk, carol.pk} <= received.keys()
+
+    event = push.tweet_new({"id": 7, "body": "to two of three"})
+    published = get_redis().pubsub_numsub(multicast.CHANNEL)
+    await sync_to_async(push.send)([(alice.pk, event), (bob.pk, event)])
+
+    for socket in sockets["alice"] + sockets["bob"]:
+        assert await socket.receive_json_from(timeout=5) == event
+    assert await sockets["carol"][0].receive_nothing(timeout=0.3)
+    assert published[0][1] >= 1  # this process listens on the one channel
+    for socket in [s for group in sockets.values() for s in group]:
+        await socket.disconnect()
+    assert not {alice.pk, bob.pk, carol.pk} & multicast.registry().sockets.keys()  # closed sockets are let go
+
+
+def test_the_multicast_message_carries_ids_and_text_unchanged():
+    text = json.dumps({"type": "tweet.new", "tweet": {"body": "line one\nline two, ünïcode"}})
+    assert multicast.decode(multicast.encode([3, 1, 2], text)) == ([3, 1, 2], text)
+    assert multicast.decode(multicast.encode([], text)) == ([], text)
 
 
 async def test_client_cannot_join_another_group_and_bad_frames_close_the_socket(make_user):
@@ -67,7 +94,7 @@ async def test_client_cannot_join_another_group_and_bad_frames_close_the_socket(
     await socket.send_json_to({"type": "ping"})
     assert await socket.receive_json_from(timeout=5) == {"type": "pong", "watermark": published}
 
-    await socket.send_json_to({"type": "subscribe", "group": push.user_group(bob.pk)})
+    await socket.send_json_to({"type": "subscribe", "group": f"user.{bob.pk}"})
     closed = await socket.receive_output(timeout=5)
     assert closed == {"type": "websocket.close", "code": 4400}
 

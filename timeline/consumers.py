@@ -19,9 +19,9 @@ from django.contrib.sessions.models import Session
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from fanout import presence, prometheus, trends, watermark
+from fanout import multicast, presence, prometheus, trends, watermark
 from fanout.push import FORWARDED as FORWARDED_EVENTS
-from fanout.push import session_group, user_group
+from fanout.push import session_group
 from timeline import validation
 
 logger = logging.getLogger(__name__)
@@ -58,9 +58,12 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
             return
         self.user_id = user.pk
         # With Redis away these raise, and timeline.routing closes the socket with 4503.
-        self.groups_joined = (user_group(user.pk), session_group(session_key), trends.GROUP)
+        self.groups_joined = (session_group(session_key), trends.GROUP)
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
+        # The user's own events come through this process's one multicast subscription.
+        await multicast.registry().add(self.user_id, self)
+        self.multicast = True
         await presence.mark_online(self.user_id)
         evicted = await presence.add_socket(self.user_id, self.channel_name, cap=settings.SOCKETS_PER_USER)
         await self.accept()
@@ -74,6 +77,8 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
         ]
 
     async def disconnect(self, code: int) -> None:
+        if getattr(self, "multicast", False):
+            multicast.registry().discard(self.user_id, self)
         if self.counted:
             prometheus.SOCKETS.dec()
             self.counted = False
@@ -131,6 +136,10 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
     async def _forward(self, event: dict) -> None:
         text = event.get("text")  # the JSON, made once by its sender (fanout.push.on_the_wire)
         await (self.send(text_data=text) if isinstance(text, str) else self.send_json(event))
+
+    async def forward_text(self, text: str) -> None:
+        """An event for this socket's user, from fanout.multicast: the page's JSON as it is."""
+        await self.base_send({"type": "websocket.send", "text": text})
 
     # Control events, for this socket only.
     async def session_ended(self, event: dict) -> None:
