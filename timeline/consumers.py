@@ -1,4 +1,4 @@
-"""The live timeline socket: one per open page, joined to its own user's group only.
+"""The live timeline socket: one per open page, fed its own user's events only (fanout.multicast).
 
 A socket lives as long as the login session it was opened with: it is also in the session's
 group, and logging out sends that group ``session.ended`` (timeline.services.user_logout), which
