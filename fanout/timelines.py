@@ -231,6 +231,15 @@ def is_materialized(user_id: int, *, redis: Redis | None = None) -> bool:
     return bool((redis or get_timeline_redis()).exists(key(user_id)))
 
 
+def not_materialized(user_ids: Sequence[int], *, redis: Redis | None = None) -> list[int]:
+    """Those of ``user_ids`` whose home timeline is not in Redis, asked in one pipeline."""
+    with (redis or get_timeline_redis()).pipeline(transaction=False) as pipe:
+        for user_id in user_ids:
+            pipe.exists(key(user_id))
+        found = pipe.execute()
+    return [user_id for user_id, exists in zip(user_ids, found, strict=True) if not exists]
+
+
 def begin_rebuild(user_id: int, *, redis: Redis | None = None) -> None:
     _begin(key(user_id), redis)
 

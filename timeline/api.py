@@ -326,7 +326,7 @@ def lesson_posts(request: HttpRequest) -> HttpResponse:
     """``{"body", "client_id", "way": "inline" | "queued"}``: @lesson posts the message to its
     audience, fanned out in the request or through the queue. As POST /api/tweets answers, plus
     the way and, once known, how long after saving it was in every follower's timeline."""
-    lesson.account()  # 404 outside demo mode, before anything is read
+    author = lesson.account()  # 404 outside demo mode, before anything is read
     data = json_body(request, "body", "client_id", "way")
     form = TweetForm({"body": data.get("body"), "client_id": data.get("client_id")})
     errors = {} if form.is_valid() else dict(form.errors)
@@ -336,7 +336,11 @@ def lesson_posts(request: HttpRequest) -> HttpResponse:
         raise invalid(errors)
     way = lesson.Way(data["way"])
     result = lesson.post(
-        visitor=request.user, body=form.cleaned_data["body"], client_id=form.cleaned_data["client_id"], way=way
+        author=author,
+        visitor=request.user,
+        body=form.cleaned_data["body"],
+        client_id=form.cleaned_data["client_id"],
+        way=way,
     )
     return JsonResponse(_lesson_payload(result.tweet, way), status=202 if result.created else 200)
 

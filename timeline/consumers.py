@@ -63,7 +63,6 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_add(group, self.channel_name)
         # The user's own events come through this process's one multicast subscription.
         await multicast.registry().add(self.user_id, self)
-        self.multicast = True
         await presence.mark_online(self.user_id)
         evicted = await presence.add_socket(self.user_id, self.channel_name, cap=settings.SOCKETS_PER_USER)
         await self.accept()
@@ -77,7 +76,7 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
         ]
 
     async def disconnect(self, code: int) -> None:
-        if getattr(self, "multicast", False):
+        if hasattr(self, "user_id"):  # whether or not it was added: discarding is safe
             multicast.registry().discard(self.user_id, self)
         if self.counted:
             prometheus.SOCKETS.dec()

@@ -60,9 +60,11 @@ def audience_size(author: AbstractBaseUser) -> int:
     return Follow.objects.filter(followee=author).count()
 
 
-def post(*, visitor: AbstractBaseUser, body: str, client_id: uuid.UUID, way: Way) -> services.PostResult:
-    """Post ``body`` as @lesson, fanned out in the request or through the queue (once per client_id)."""
-    author = account()
+def post(
+    *, author: AbstractBaseUser, visitor: AbstractBaseUser, body: str, client_id: uuid.UUID, way: Way
+) -> services.PostResult:
+    """Post ``body`` as ``author`` (the lesson's ``account()``), fanned out in the request or
+    through the queue, once per client_id."""
     if way == Way.INLINE:
         return services.tweet_create_fanned_out_now(author=author, body=body, client_id=client_id, charged_to=visitor)
     return services.tweet_create(author=author, body=body, client_id=client_id, charged_to=visitor)
@@ -90,10 +92,8 @@ def delivered_after_ms(fanout: Fanout) -> float | None:
 def prepare_audience(author: AbstractBaseUser) -> int:
     """Materialize the home timelines of @lesson's followers that are not (they expire when
     nobody reads them, and Redis may have lost them); returns how many were built."""
-    built = 0
-    follower_ids = Follow.objects.filter(followee=author).values_list("follower_id", flat=True)
-    for follower_id in follower_ids.iterator():
-        if not timelines.is_materialized(follower_id):
-            selectors.rebuild_home(follower_id)
-            built += 1
-    return built
+    follower_ids = list(Follow.objects.filter(followee=author).values_list("follower_id", flat=True))
+    missing = timelines.not_materialized(follower_ids)  # one round trip: this runs at every start
+    for follower_id in missing:
+        selectors.rebuild_home(follower_id)
+    return len(missing)

@@ -236,11 +236,9 @@ def lesson_page(request: HttpRequest) -> HttpResponse:
     from timeline.management.commands import seed_demo  # the staff login make run seeds
 
     account = lesson.account()  # 404 outside demo mode
-    audience = lesson.audience_size(account)
     context = {
         "account": account,
-        "audience": audience,
-        "audience_text": f"{audience:,}",
+        "audience_text": f"{lesson.audience_size(account):,}",
         "ways": LESSON_WAYS,
         "tweet_max_length": TWEET_MAX_LENGTH,
         "cap": settings.FANOUT_QUEUE_CAP,
