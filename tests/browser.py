@@ -104,6 +104,22 @@ def post(page: Page, body: str, *, scripted: bool = True) -> None:
     page.get_by_role("button", name="Post").click()
 
 
+def unsent(page: Page, username: str) -> list[dict]:
+    """The tweets in the page's outbox (static/js/outbox.js), read from its IndexedDB database."""
+    return page.evaluate(
+        """name => new Promise((resolve, reject) => {
+            const open = indexedDB.open(name, 1);
+            open.onerror = () => reject(open.error);
+            open.onsuccess = () => {
+                const all = open.result.transaction("unsent").objectStore("unsent").getAll();
+                all.onsuccess = () => { open.result.close(); resolve(all.result); };
+                all.onerror = () => reject(all.error);
+            };
+        })""",
+        f"timeline:outbox:{username}",
+    )
+
+
 def wait_until(page: Page, condition: Callable[[], bool], what: str, timeout: float = TIMEOUT_MS / 1000) -> None:
     """Wait for a condition on the Python side, such as a route handler having run.
 

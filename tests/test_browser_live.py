@@ -24,6 +24,7 @@ from tests.browser import (
     _new_page,
     log_in,
     post,
+    unsent,
     wait_until,
 )
 from tests.conftest import post_json, session_cookie
@@ -274,8 +275,7 @@ def test_an_unsent_tweet_survives_a_reload_and_is_sent_once(page, make_user, tra
     tweet = page.locator(TWEETS).first
     expect(tweet.locator(".tweet-status")).to_contain_text("Could not reach the server, retrying in")
     client_id = tweet.get_attribute("data-client-id")
-    stored = json.loads(page.evaluate(f"localStorage.getItem('timeline:unsent:{user.username}')"))
-    assert [(t["body"], t["client_id"]) for t in stored] == [(body, client_id)]
+    assert [(t["body"], t["client_id"]) for t in unsent(page, user.username)] == [(body, client_id)]
     assert not Tweet.objects.filter(body=body).exists()
 
     page.unroute("**/api/tweets")
@@ -287,11 +287,36 @@ def test_an_unsent_tweet_survives_a_reload_and_is_sent_once(page, make_user, tra
     expect(tweet).to_have_attribute("data-client-id", client_id)
     saved = Tweet.objects.get(body=body)  # exactly one, or this raises
     assert str(saved.client_id) == client_id
-    assert page.evaluate(f"localStorage.getItem('timeline:unsent:{user.username}')") is None
+    assert unsent(page, user.username) == []
 
     page.reload()  # nothing left to resend
     expect(page.locator(TWEETS).filter(has_text=body)).to_have_count(1)
     assert Tweet.objects.filter(body=body).count() == 1
+
+
+def test_a_tweet_left_in_local_storage_by_an_earlier_page_is_sent_once(page, make_user, transactional_db):
+    # The outbox was a localStorage list before it moved to IndexedDB: what a browser kept there
+    # is moved over and sent, with its own client_id.
+    user = make_user()
+    log_in(page, user)
+    client_id = str(uuid.uuid4())
+    left = [
+        {
+            "client_id": client_id,
+            "body": "Kept by an earlier page",
+            "created": "2026-01-01T00:00:00Z",
+            "state": "backoff",
+            "due": 0,
+        }
+    ]
+    page.evaluate(
+        "([key, value]) => localStorage.setItem(key, value)", [f"timeline:unsent:{user.username}", json.dumps(left)]
+    )
+    page.reload()
+    expect(page.locator(f'{TWEETS}[data-client-id="{client_id}"]')).to_have_attribute("data-tweet-id", AN_ID)
+    assert Tweet.objects.filter(client_id=client_id).count() == 1
+    assert page.evaluate(f"localStorage.getItem('timeline:unsent:{user.username}')") is None
+    assert unsent(page, user.username) == []
 
 
 def test_staff_see_the_ops_link(page, make_user, transactional_db):
@@ -493,16 +518,15 @@ def test_a_reload_during_back_off_keeps_the_wait_and_sends_once(page, make_user,
     post(page, "Waiting through a reload")
     status = page.locator(TWEETS).first.locator(".tweet-status")
     expect(status).to_contain_text("Server busy, retrying in")
-    due = json.loads(page.evaluate(f"localStorage.getItem('timeline:unsent:{user.username}')"))[0]["due"]
+    [due] = [t["due"] for t in unsent(page, user.username)]
 
     page.reload()  # the wait goes on where it was: not sent at once, nor the countdown restarted
     tweet = page.locator(TWEETS).filter(has_text="Waiting through a reload")
     expect(tweet.locator(".tweet-status")).to_contain_text("Server busy, retrying in")
-    stored = json.loads(page.evaluate(f"localStorage.getItem('timeline:unsent:{user.username}')"))
-    assert [t["due"] for t in stored] == [due] and len(attempts) == 1
+    assert [t["due"] for t in unsent(page, user.username)] == [due] and len(attempts) == 1
 
     page.unroute("**/api/tweets")
     tweet.get_by_role("button", name="Retry now").click()
     expect(tweet).to_have_attribute("data-tweet-id", AN_ID)
     assert Tweet.objects.filter(body="Waiting through a reload").count() == 1
-    assert page.evaluate(f"localStorage.getItem('timeline:unsent:{user.username}')") is None
+    assert unsent(page, user.username) == []

@@ -3,15 +3,17 @@
 // The client_id is made once per tweet and reused by every retry, so a retry can never make a
 // second tweet.
 //
-// Until the server has taken it, a tweet lives in the outbox: localStorage, shared by every tab
-// of the user, so nothing is lost to a reload, a closed tab or a dropped network. One tab at a
-// time sends (a Web Lock); the others draw the same tweets and their state from the storage.
+// Until the server has taken it, a tweet lives in the outbox (static/js/outbox.js: IndexedDB),
+// shared by every tab of the user, so nothing is lost to a reload, a closed tab or a dropped
+// network. One tab at a time sends (a Web Lock); the others draw the same tweets and their state
+// from the outbox, told of each change by a BroadcastChannel message.
 // A busy server (503, 429) is tried again after its Retry-After plus a random share of a
 // doubling window (static/js/backoff.js), for as long as it takes; a tweet written offline is
 // sent when the browser is back online. "Retry now" sends at once.
 
 import { api, ApiError, newClientId } from "./api.js";
 import { delay } from "./backoff.js";
+import { openOutbox } from "./outbox.js";
 import { fillTweet, findTweetByClientId, findTweetById, renderTweet, setStatus, showFanout } from "./tweets.js";
 
 const form = document.getElementById("compose");
@@ -19,51 +21,46 @@ const timeline = document.getElementById("timeline");
 
 const BACKOFF = { base: 1000, cap: 60_000 };
 const author = form?.dataset.author ?? "";
-const storageKey = `timeline:unsent:${author}`;
 const lockName = `timeline:outbox:${author}`;
-// Tabs of the same user tell each other of their posts (the socket does not echo one's own).
+// Tabs of the same user tell each other of their posts (the socket does not echo one's own)
+// and of every change to the outbox.
 const tabs = "BroadcastChannel" in window ? new BroadcastChannel(`timeline:tabs:${author}`) : null;
 
-// -- the outbox: [{client_id, body, created, state, due, attempt, note}] in localStorage ---------
+// -- the outbox: {client_id, body, created, state, due, attempt, note} by client_id ------------
 // state: "sending", "backoff" (due at `due`, ms since the epoch), "offline" (sent when online),
 // "failed" (refused for good, or an error a person should look at: sent again by Retry).
 
-function readStored() {
-  try {
-    const list = JSON.parse(localStorage.getItem(storageKey) ?? "[]");
-    return Array.isArray(list) ? list.filter((t) => t && typeof t.body === "string" && t.client_id) : [];
-  } catch {
-    return []; // storage disabled or corrupt: the page still works, only without this safety net
-  }
+const outbox = openOutbox(`timeline:outbox:${author}`, `timeline:unsent:${author}`);
+let latest = []; // the entries as last read, for the countdowns
+
+async function readStored() {
+  const list = await (await outbox).list();
+  return list.filter((t) => t && typeof t.body === "string" && t.client_id);
 }
 
-function writeStored(list) {
-  try {
-    if (list.length) localStorage.setItem(storageKey, JSON.stringify(list));
-    else localStorage.removeItem(storageKey);
-  } catch {
-    // private mode or full: nothing more to do
-  }
+async function stored(clientId) {
+  return (await readStored()).find((t) => t.client_id === clientId);
 }
 
-function stored(clientId) {
-  return readStored().find((t) => t.client_id === clientId);
+// Each change is committed before the other tabs are told, and then drawn here.
+async function changed() {
+  tabs?.postMessage({ type: "outbox" });
+  await showEntries();
 }
 
-function store(entry) {
-  const list = readStored().filter((t) => t.client_id !== entry.client_id);
-  list.push(entry);
-  writeStored(list);
-  showEntries();
+async function store(entry) {
+  await (await outbox).put(entry);
+  await changed();
 }
 
-function update(clientId, changes) {
-  const entry = stored(clientId);
-  if (entry) store({ ...entry, ...changes });
+async function update(clientId, changes) {
+  await (await outbox).patch(clientId, changes);
+  await changed();
 }
 
-function unstore(clientId) {
-  writeStored(readStored().filter((t) => t.client_id !== clientId));
+async function unstore(clientId) {
+  await (await outbox).remove(clientId);
+  tabs?.postMessage({ type: "outbox" });
 }
 
 // Counted as the server counts: NFC-normalized, trimmed, in code points (not UTF-16 units).
@@ -99,9 +96,10 @@ function statusOf(entry) {
 // Every tweet in the outbox is drawn, in every tab, with its state; one that left the outbox
 // (sent, by this tab or another) stops being drawn as unsent: its answer or the other tab's
 // message has made it a tweet with an id, or, if neither came, it is taken off.
-function showEntries() {
+async function showEntries() {
   if (!timeline) return;
-  const entries = readStored().sort((a, b) => String(a.created).localeCompare(String(b.created)));
+  latest = await readStored();
+  const entries = [...latest].sort((a, b) => String(a.created).localeCompare(String(b.created)));
   for (const entry of entries) {
     let el = findTweetByClientId(timeline, entry.client_id);
     if (el?.dataset.tweetId) continue; // the server took it; the storage is behind
@@ -168,7 +166,7 @@ async function pump() {
     await withOutboxLock(async () => {
       for (;;) {
         const now = Date.now();
-        const next = readStored()
+        const next = (await readStored())
           .filter((t) => isDue(t, now) && !sending.has(t.client_id))
           .sort((a, b) => String(a.created).localeCompare(String(b.created)))[0];
         if (!next) return;
@@ -181,40 +179,39 @@ async function pump() {
   }
 }
 
-function schedulePump() {
+async function schedulePump() {
+  const dues = (await readStored()).filter((t) => t.state === "backoff").map((t) => t.due);
   clearTimeout(pumpTimer);
-  const dues = readStored()
-    .filter((t) => t.state === "backoff")
-    .map((t) => t.due);
   if (dues.length) pumpTimer = setTimeout(pump, Math.max(0, Math.min(...dues) - Date.now()));
 }
 
 async function send(entry) {
   const clientId = entry.client_id;
   sending.add(clientId);
-  update(clientId, { state: "sending" });
   let answer;
   try {
+    await update(clientId, { state: "sending" });
     answer = await api("/api/tweets", { method: "POST", body: { body: entry.body, client_id: clientId } });
   } catch (error) {
-    update(clientId, nextTry(entry, error));
     if (error instanceof ApiError && error.status === 400) {
       // A body the server refused can never be posted: shown here, not kept for another load.
       const el = findTweetByClientId(timeline, clientId);
-      unstore(clientId);
+      await unstore(clientId);
       if (el) {
         el.dataset.refused = "";
         setStatus(el, "failed", failureText(error));
       }
+    } else {
+      await update(clientId, nextTry(entry, error));
     }
     return;
   } finally {
     sending.delete(clientId);
   }
-  unstore(clientId);
   reconcile(answer.tweet, answer.fanout);
   tabs?.postMessage({ type: "posted", tweet: answer.tweet, fanout: answer.fanout });
-  showEntries();
+  await unstore(clientId);
+  await showEntries();
 }
 
 // What becomes of an entry after a failed try: waits for the server or the network, or stops.
@@ -235,8 +232,8 @@ function nextTry(entry, error) {
   return { state: "failed", attempt, note: failureText(error) };
 }
 
-function sendNow(clientId) {
-  update(clientId, { state: "backoff", due: 0 });
+async function sendNow(clientId) {
+  await update(clientId, { state: "backoff", due: 0 });
   pump();
 }
 
@@ -355,10 +352,19 @@ function init() {
       return;
     }
 
-    store({ client_id: newClientId(), body: body.normalize("NFC").trim(), created: new Date().toISOString(), state: "sending" });
+    const entry = { client_id: newClientId(), body: body.normalize("NFC").trim(), created: new Date().toISOString(), state: "sending" };
     textarea.value = "";
     updateCounter();
     textarea.focus();
+    try {
+      await store(entry);
+    } catch {
+      // The browser would not keep it (storage full or closed): the text goes back to the box.
+      textarea.value ||= body;
+      updateCounter();
+      showNote("Not posted: this browser could not keep the tweet. Try again.", { error: true });
+      return;
+    }
     pump();
   });
 
@@ -370,39 +376,46 @@ function init() {
     }
   });
 
-  timeline.addEventListener("click", (event) => {
+  timeline.addEventListener("click", async (event) => {
     const retry = event.target.closest(".tweet-retry");
     if (!retry) return;
     const clientId = retry.closest(".tweet").dataset.clientId;
-    if (stored(clientId)) sendNow(clientId);
+    if (await stored(clientId)) sendNow(clientId);
   });
 
   // Another tab changed the outbox, or posted a tweet.
-  window.addEventListener("storage", (event) => {
-    if (event.key !== storageKey) return;
-    showEntries();
-    schedulePump();
-  });
   tabs?.addEventListener("message", ({ data }) => {
+    if (data?.type === "outbox") {
+      showEntries();
+      schedulePump();
+    }
     if (data?.type === "posted" && data.tweet && !findTweetById(timeline, data.tweet.id)) reconcile(data.tweet, data.fanout);
   });
-  window.addEventListener("online", () => {
-    for (const entry of readStored()) if (entry.state === "offline") update(entry.client_id, { state: "backoff", due: 0 });
+  window.addEventListener("online", async () => {
+    for (const entry of await readStored()) {
+      if (entry.state === "offline") await update(entry.client_id, { state: "backoff", due: 0 });
+    }
     pump();
   });
   window.addEventListener("offline", showEntries);
   setInterval(() => {
-    if (readStored().some((t) => t.state === "backoff")) showEntries(); // the countdowns
+    if (latest.some((t) => t.state === "backoff")) showEntries(); // the countdowns
   }, 1000);
 
   updateCounter();
-  // Tweets left unsent by an earlier page (closed, reloaded, offline) or another tab: drawn,
-  // and sent (with their own client_id, so one the server did take is not made twice); a new
-  // page tries once more even those that had failed.
-  for (const entry of readStored()) if (entry.state === "failed") update(entry.client_id, { state: "backoff", due: 0 });
-  showEntries();
-  pump();
   form.dataset.enhanced = ""; // the plain form is ours now (tests wait for this before posting)
+  resume();
+}
+
+// Tweets left unsent by an earlier page (closed, reloaded, offline) or another tab: drawn, and
+// sent (with their own client_id, so one the server did take is not made twice); a new page
+// tries once more even those that had failed.
+async function resume() {
+  for (const entry of await readStored()) {
+    if (entry.state === "failed") await (await outbox).patch(entry.client_id, { state: "backoff", due: 0 });
+  }
+  await showEntries();
+  pump();
 }
 
 if (form && timeline) init();
