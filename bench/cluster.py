@@ -648,7 +648,7 @@ def run(cluster: Cluster, args) -> None:
 
     django.setup()
     authors, readers = populate(args.followers)
-    daphne = ("-m", "daphne", "-b", "0.0.0.0", "-p", str(WEB_PORT), "timeline.asgi:application")
+    daphne = ("-m", "timeline.serve", "-b", "0.0.0.0", "-p", str(WEB_PORT), "timeline.asgi:application")
     for host in WEBS:
         cluster.start(host, "daphne", sys.executable, *daphne)
     config = cluster.tmp / "haproxy.cfg"

@@ -582,12 +582,15 @@ class World:
         self,
         count: int = 1,
         *,
-        server: str = "daphne",
+        server: str = "serve",
         app: str = "timeline.asgi:application",
         one_port: bool = True,
         options: tuple[str, ...] = (),
     ) -> list[int]:
         """``count`` web processes, ``web1``...; their ports (``self.url`` is the first's).
+
+        ``server``: "serve" is ``make run``'s (timeline.serve: daphne taking prepared websocket
+        frames), "daphne" plain daphne, "uvicorn" uvicorn.
 
         As ``make run`` does (supervisord.conf), they share one listening socket and the kernel
         spreads new connections over them; with ``one_port=False`` each has a port of its own.
@@ -603,7 +606,7 @@ class World:
                 argv = ["-m", "uvicorn", "--ws", "websockets", "--no-access-log", "--log-level", "warning", *where]
             else:
                 where = ["--fd", str(self._listener.fileno())] if one_port else ["-b", HOST, "-p", str(port)]
-                argv = ["-m", "daphne", *where]
+                argv = ["-m", "timeline.serve" if server == "serve" else "daphne", *where]
             self.start(f"web{i}", [*argv, *options, app], pass_fds=(self._listener.fileno(),) if one_port else ())
         self.url = f"http://{HOST}:{ports[0]}"
         for port in sorted(set(ports)):

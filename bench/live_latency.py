@@ -10,15 +10,18 @@ measuring, and posts tweets one at a time over HTTP as the author (session cooki
 cookie/header pair, as a browser does). For each tweet it notes when the POST's answer arrived
 and when each follower's socket received the matching ``tweet.new`` frame, with
 ``time.perf_counter`` in this one process, so the clocks agree. Latency of a frame = its
-arrival - the answer's arrival. The client is one asyncio process with one task per socket; on
-a small machine it competes with the server for the same cores, which the report says.
+arrival - the answer's arrival. The client is one asyncio process, each socket a bare protocol
+that time-stamps a frame as it is read (bench/wsclient.py; until 29 Nov 2026 the ``websockets``
+library, about three times the CPU per frame); on a small machine it competes with the server
+for the same cores, which the report says.
 
 Results: a table on stdout, a JSON file in bench/out/ (the servers' logs beside it), and a
 generated block of the "Live push latency" section of docs/benchmarks.md (``--no-docs`` leaves
 the file alone; ``--docs-section NAME`` picks the block; ``--docs-from`` writes it from result
 files). What-if runs: ``--patch FILE`` (repeatable) runs a copy of the working tree with the
 patch applied, ``--web N`` spreads the sockets over N daphne processes (a port each),
-``--server uvicorn`` serves with uvicorn instead, and ``PYTHONPATH=DIR`` reaches the server
+``--server daphne`` serves with plain daphne (no prepared frames: timeline.serve), ``--server
+uvicorn`` with uvicorn, and ``PYTHONPATH=DIR`` reaches the server
 processes too (e.g. a scratch dir with hiredis in it).
 """
 
@@ -61,6 +64,7 @@ from bench.harness import (  # noqa: E402
     wait_for_quiet,
     write_docs,
 )
+from bench.wsclient import LightSocket, open_socket  # noqa: E402
 
 TARGET_P99_MS = 250.0
 COPY_IGNORE = shutil.ignore_patterns(".venv", ".git", "var", "out", "__pycache__", "node_modules", ".pytest_cache")
@@ -109,16 +113,12 @@ class Collector:
             self.other_frames += 1
 
 
-async def read_socket(ws, on_frame, on_closed) -> None:
-    from websockets.exceptions import ConnectionClosed
-
-    try:
-        while True:
-            raw = await ws.recv(decode=False)  # bytes: json.loads takes them without a UTF-8 pass
-            on_frame(time.perf_counter(), raw)
-    except ConnectionClosed:
-        pass
-    on_closed()  # the server closed it (cancelling this task at the end does not get here)
+def resident_kib(pid: int) -> int:
+    """A process's resident set (VmRSS), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
 
 async def post(port: int, session: str, number: int) -> tuple[int, bytes, bytes, float, float]:
@@ -140,51 +140,52 @@ async def measure(*, ports: list[int], people: dict, pids: dict[str, int], args)
     With several web processes (``ports``), followers are spread over them round-robin; the
     author's socket and the POSTs go to the first.
     """
-    from websockets.asyncio.client import connect
-
     port, followers, author = ports[0], people["readers"], people["authors"][0]
     collector = Collector(n_followers=len(followers))
-    sockets, tasks = [], []
+    sockets: list[LightSocket] = []
     limit = asyncio.Semaphore(args.connect_concurrency)
 
-    async def open_one(session_key: str, ws_port: int):
+    async def open_one(session_key: str, ws_port: int, on_text, on_closed) -> None:
+        """A socket whose frames are time-stamped as they arrive (bench/wsclient.py)."""
         async with limit:
             for attempt in range(3):
                 try:
-                    return await connect(
-                        f"ws://{HOST}:{ws_port}/ws/timeline/",
-                        additional_headers={"Cookie": f"sessionid={session_key}"},
-                        origin=f"http://{HOST}:{ws_port}",
-                        open_timeout=30,
-                        close_timeout=2,
-                        compression=None,  # keep the client light; the server does not compress either
-                        ping_interval=None,  # daphne pings; the library answers
-                        max_size=2**20,
+                    sockets.append(
+                        await open_socket(
+                            HOST,
+                            ws_port,
+                            "/ws/timeline/",
+                            cookie=f"sessionid={session_key}",
+                            origin=f"http://{HOST}:{ws_port}",
+                            on_text=on_text,
+                            on_closed=on_closed,
+                        )
                     )
+                    return
                 except (OSError, asyncio.TimeoutError):
                     if attempt == 2:
                         raise
                     await asyncio.sleep(0.5)
 
-    def follow(ws, on_frame, on_closed) -> None:
-        sockets.append(ws)
-        tasks.append(asyncio.create_task(read_socket(ws, on_frame, on_closed)))
-
     result: dict = {"tweets": []}
+    web_pids = [pid for name, pid in pids.items() if name.startswith("web")]
+    rss_before = sum(map(resident_kib, web_pids))
     try:
         t0 = time.perf_counter()
-        follow(
-            await open_one(author["session"], port),
-            collector.on_author_frame,
-            lambda: setattr(collector, "author_closed", True),
+        await open_one(
+            author["session"], port, collector.on_author_frame, lambda: setattr(collector, "author_closed", True)
         )
-        opened = await asyncio.gather(*(open_one(f["session"], ports[i % len(ports)]) for i, f in enumerate(followers)))
-        for index, ws in enumerate(opened):
-            follow(
-                ws,
-                lambda t, raw, i=index: collector.on_follower_frame(i, t, raw),
-                lambda i=index: collector.closed_followers.add(i),
+        await asyncio.gather(
+            *(
+                open_one(
+                    f["session"],
+                    ports[i % len(ports)],
+                    lambda t, raw, i=i: collector.on_follower_frame(i, t, raw),
+                    lambda i=i: collector.closed_followers.add(i),
+                )
+                for i, f in enumerate(followers)
             )
+        )
         result["connect_seconds"] = time.perf_counter() - t0
         log(f"    {len(sockets)} sockets open in {result['connect_seconds']:.1f}s")
         # Presence marks are written as each socket is accepted; give the last ones a moment,
@@ -193,6 +194,12 @@ async def measure(*, ports: list[int], people: dict, pids: dict[str, int], args)
         result["busy_before"] = await asyncio.to_thread(
             wait_for_quiet, max_busy=args.quiet_busy, max_wait=args.quiet_wait, window=2.0
         )
+        # The web processes' resident memory for these sockets, before any tweet.
+        result["web_rss_kib"] = {
+            "before": rss_before,
+            "open": sum(map(resident_kib, web_pids)),
+            "sockets": len(sockets),
+        }
         for number in range(args.warmup + args.tweets):
             is_warmup = number < args.warmup
             if number == args.warmup:
@@ -258,10 +265,9 @@ async def measure(*, ports: list[int], people: dict, pids: dict[str, int], args)
         result["other_frames"] = collector.other_frames
         return result
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for socket in sockets:
+            socket.close()
+        await asyncio.sleep(0.5)  # the close frames go out
 
 
 # -- one run: a fresh world, its processes, the measurement -------------------------------------------
@@ -320,8 +326,9 @@ def setup_label(setup: dict) -> str:
     parts = list(setup.get("patches", []))
     if setup.get("hiredis"):
         parts.append("hiredis")
-    if setup.get("server", "daphne") != "daphne":
-        parts.append(setup["server"])
+    server = setup.get("server", "serve")
+    if server != "serve":
+        parts.append("plain daphne" if server == "daphne" else server)
     if setup.get("web", 1) > 1:
         parts.append(f"{setup['web']} web processes")
     return " + ".join(parts) or "as is"
@@ -329,6 +336,7 @@ def setup_label(setup: dict) -> str:
 
 def summarize(run: dict) -> dict:
     measured = [t for t in run["tweets"] if not t["warmup"]]
+    rss = run.get("web_rss_kib")
     frames = [x for t in measured for x in t["latencies_ms"]]
     all_ms = [t["all_ms"] for t in measured if t["all_ms"] is not None]
     done_ms = [t["done_ms"] for t in measured if t["done_ms"] is not None]
@@ -359,6 +367,8 @@ def summarize(run: dict) -> dict:
         "job_p50_ms": med("job_ms"),
         "finish_to_all_p50_ms": med("finish_to_all_ms"),
         "cpu_ms_per_tweet": {k: round(v, 1) for k, v in run["cpu_ms_per_tweet"].items()},
+        "web_rss_mib": round(rss["open"] / 1024) if rss else None,
+        "kib_per_socket": round((rss["open"] - rss["before"]) / rss["sockets"], 1) if rss and rss["sockets"] else None,
         "measure_seconds": run["measure_seconds"],
         "busy_before": run.get("busy_before"),
         "other_load": run.get("other_load"),
@@ -392,8 +402,9 @@ def table(summaries: list[dict]) -> str:
 def cpu_table(summaries: list[dict]) -> str:
     roles = {"web": ("web",), "workers": ("worker",), "redis": ("redis",), "client": ("client",)}
     lines = [
-        "| followers | layer | setup | " + " | ".join(f"{n} CPU ms/tweet" for n in roles) + " | other load |",
-        "|---:|---|---|" + "---:|" * len(roles) + "---:|",
+        "| followers | layer | setup | " + " | ".join(f"{n} CPU ms/tweet" for n in roles) + " | other load "
+        "| web resident MiB (all processes, sockets open) | KiB per socket |",
+        "|---:|---|---|" + "---:|" * len(roles) + "---:|---:|---:|",
     ]
     for s in summaries:
         cpu = s["cpu_ms_per_tweet"]
@@ -402,7 +413,7 @@ def cpu_table(summaries: list[dict]) -> str:
         lines.append(
             f"| {s['followers']} | {s['layer']} | {s['setup']} | "
             + " | ".join(f"{v:.0f}" for v in per_role)
-            + f" | {other} |"
+            + f" | {other} | {fmt(s.get('web_rss_mib'))} | {fmt(s.get('kib_per_socket'), 1)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -447,7 +458,8 @@ def docs_text(sources: list[dict]) -> str:
         + table(summaries)
         + "\nCPU time per measured tweet, by process (from /proc; web = daphne; client = this script's"
         " websocket clients; other load = what the rest of the machine used meanwhile, as a share of all"
-        " cores):\n\n"
+        " cores), and the web processes' memory (VmRSS, summed) once the sockets were open, with its"
+        " growth since before they opened divided by the sockets:\n\n"
         + cpu_table(summaries)
         + ("\nLowest p99 in this table with no missing frames: " + "; ".join(verdicts) + ".\n" if verdicts else "")
     )
@@ -481,7 +493,12 @@ def parse_args():
         "--profile", action="store_true", help="run daphne and the workers under cProfile (bench/out/profiles)"
     )
     p.add_argument("--web", type=int, default=1, help="web (daphne) processes; sockets spread over them (default 1)")
-    p.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne", help="ASGI server (default daphne)")
+    p.add_argument(
+        "--server",
+        choices=["serve", "daphne", "uvicorn"],
+        default="serve",
+        help="ASGI server: serve (make run's: daphne with prepared frames, the default), plain daphne, uvicorn",
+    )
     p.add_argument(
         "--patch", action="append", default=[], type=Path, help="run a copy of the tree with this patch applied"
     )

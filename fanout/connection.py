@@ -16,6 +16,7 @@ from functools import cache
 
 from django.conf import settings
 from redis import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool as AsyncBlockingConnectionPool
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio import RedisCluster as AsyncRedisCluster
 
@@ -52,12 +53,19 @@ def get_redis() -> Redis:
 
 
 def get_async_redis() -> AsyncRedis:
+    """This event loop's client; its pool is bounded and blocking too, so a burst of commands
+    (a thousand sockets connecting at once) waits its turn instead of failing."""
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
-        client = _async_clients[loop] = AsyncRedis.from_url(
-            settings.REDIS_URL, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS, socket_timeout=SOCKET_TIMEOUT_SECONDS
+        pool = AsyncBlockingConnectionPool.from_url(
+            settings.REDIS_URL,
+            max_connections=MAX_CONNECTIONS,
+            timeout=POOL_TIMEOUT_SECONDS,
+            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
         )
+        client = _async_clients[loop] = AsyncRedis(connection_pool=pool)
     return client
 
 

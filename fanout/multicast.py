@@ -8,8 +8,10 @@ in a large fan-out (bench/live_latency.py: about 0.24 ms per follower at 10,000)
 Here the sender publishes one message per event and batch on one Redis channel: the event's JSON
 as the page gets it, and the ids of the users it is for. Every web process subscribes once, and
 keeps its own sockets by user id, so it reads the list and writes the same string to each of
-its sockets among those users. The channel layer keeps what it is good at: a socket's session
-and trends groups, and control messages to one socket.
+its sockets among those users: under ``timeline.serve``, as one websocket frame built once and
+written to each socket's transport, with no ASGI message per socket (see that module). The
+channel layer keeps what it is good at: a socket's session and trends groups, and control
+messages to one socket.
 
 Ordering holds per user as before: every event for a user's pages goes through this one channel,
 in the order it was published. Delivery is best effort, as the pub/sub channel layer's was: a
@@ -29,7 +31,9 @@ from django.conf import settings
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from fanout import presence
 from fanout.connection import CONNECT_TIMEOUT_SECONDS
+from timeline.frames import text_frame
 
 logger = logging.getLogger(__name__)
 
@@ -43,22 +47,26 @@ def encode(user_ids: Iterable[int], text: str) -> bytes:
     return b"%s\n%s" % (",".join(map(str, user_ids)).encode(), text.encode())
 
 
-def decode(data: bytes) -> tuple[list[int], str]:
-    ids, _, text = data.partition(b"\n")
-    return [int(i) for i in ids.split(b",") if i], text.decode()
+def split(data: bytes) -> tuple[list[int], bytes]:
+    """The users' ids, and the page's JSON as UTF-8."""
+    ids, _, payload = data.partition(b"\n")
+    return [int(i) for i in ids.split(b",") if i], payload
 
 
 class Registry:
-    """This web process's sockets by user, and the one subscription that feeds them."""
+    """This web process's sockets by user, the one subscription that feeds them, and the one
+    task that keeps their users marked online."""
 
     def __init__(self) -> None:
         self.sockets: dict[int, set] = defaultdict(set)
         self.listening: asyncio.Task | None = None
+        self.renewing: asyncio.Task | None = None
         self.ready = asyncio.Event()
 
     async def add(self, user_id: int, consumer) -> None:
-        """Pass this user's events on to ``consumer`` (which has ``forward_text``), from as soon
-        as the subscription is up: raises if Redis cannot be reached (the socket is refused)."""
+        """Pass this user's events on to ``consumer``, from as soon as the subscription is up:
+        raises if Redis cannot be reached (the socket is refused). ``consumer.forward(frame,
+        text)`` writes the event at once and returns None, or returns an awaitable that does."""
         if self.listening is None or self.listening.done():
             self.ready = asyncio.Event()
             self.listening = asyncio.create_task(self._listen(), name="push-multicast")
@@ -73,6 +81,8 @@ class Registry:
                     self.listening.result()  # raises what stopped it
                 raise RedisConnectionError("the live push subscription is not up")
         self.sockets[user_id].add(consumer)
+        if self.renewing is None or self.renewing.done():
+            self.renewing = asyncio.create_task(self._renew_presence(), name="presence-renewal")
 
     def discard(self, user_id: int, consumer) -> None:
         sockets = self.sockets.get(user_id)
@@ -107,13 +117,27 @@ class Registry:
                 with contextlib.suppress(Exception):
                     await client.aclose()
 
+    async def _renew_presence(self) -> None:
+        """Every ``presence.RENEW_EVERY`` seconds, mark every user with a socket here online
+        again, in one round trip. (A task per socket did it with a command each: with 10,000
+        sockets opened together, 10,000 commands at once, more than the connection pool holds.)"""
+        while True:
+            await asyncio.sleep(presence.RENEW_EVERY)
+            try:
+                await presence.mark_all_online(list(self.sockets))
+            except Exception as exc:  # Redis away for a moment: the next round tries again
+                logger.warning("could not renew the presence of this process's users (%s)", exc)
+
     async def _deliver(self, data: bytes) -> None:
-        user_ids, text = decode(data)
+        user_ids, payload = split(data)
+        frame, text = text_frame(payload), payload.decode()
         sockets = self.sockets
         for user_id in user_ids:
             for consumer in tuple(sockets.get(user_id, ())):
                 try:
-                    await consumer.forward_text(text)
+                    pending = consumer.forward(frame, text)
+                    if pending is not None:
+                        await pending
                 except Exception:  # one closing socket does not stop the others
                     logger.debug("live push to a socket of user %s failed", user_id, exc_info=True)
 

@@ -1,9 +1,10 @@
 """Who is online, and how many sockets each user holds.
 
-Online: one Redis sorted set, user id -> the time their presence expires. Each open websocket
-marks its user online for ``PRESENCE_TTL`` seconds and renews the mark while it stays open, so a
-server that crashes leaves no ghosts for longer than that. A user with two tabs is one member;
-the later expiry wins (ZADD GT).
+Online: one Redis sorted set, user id -> the time their presence expires. A websocket marks its
+user online for ``PRESENCE_TTL`` seconds as it opens, and its web process renews the marks of
+all its users together while their sockets stay open (fanout.multicast.Registry), so a server
+that crashes leaves no ghosts for longer than that. A user with two tabs is one member; the
+later expiry wins (ZADD GT).
 
 Sockets: one sorted set per user, channel name -> when it connected, so that one account cannot
 hold any number of sockets (each costs memory in a web process and a subscription in Redis).
@@ -28,8 +29,22 @@ RENEW_EVERY = PRESENCE_TTL / 3
 SOCKETS_KEY_TTL = 24 * 3600
 
 
+RENEW_CHUNK = 1000
+
+
 async def mark_online(user_id: int) -> None:
     await get_async_redis().zadd(PRESENCE_KEY, {str(user_id): time.time() + PRESENCE_TTL}, gt=True)
+
+
+async def mark_all_online(user_ids: Sequence[int]) -> None:
+    """Renew many users' marks in one round trip (a ZADD per thousand)."""
+    if not user_ids:
+        return
+    expires = time.time() + PRESENCE_TTL
+    async with get_async_redis().pipeline(transaction=False) as pipe:
+        for start in range(0, len(user_ids), RENEW_CHUNK):
+            pipe.zadd(PRESENCE_KEY, {str(u): expires for u in user_ids[start : start + RENEW_CHUNK]}, gt=True)
+        await pipe.execute()
 
 
 def _sockets_key(user_id: int) -> str:

@@ -189,7 +189,16 @@ def start_live_app(
     logs.mkdir(parents=True, exist_ok=True)
     ports = [free_port() for _ in range(webs)]
     commands = {
-        f"daphne{i}": [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "timeline.asgi:application"]
+        f"daphne{i}": [
+            sys.executable,
+            "-m",
+            "timeline.serve",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "timeline.asgi:application",
+        ]
         for i, port in enumerate(ports)
     }
     commands.update({f"worker{i}": WORKER_COMMAND for i in range(workers)})

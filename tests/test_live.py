@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import socket
 import time
 import uuid
 
@@ -11,11 +14,15 @@ import pytest
 import websockets
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from redis import Redis
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
 
 from fanout import multicast, presence, push, watermark
 from fanout.connection import get_redis
-from tests.conftest import post_json, session_cookie
+from tests.conftest import LIVE_REDIS_URL, post_json, session_cookie
 from timeline.asgi import application
+from timeline.frames import text_frame
 from timeline.services import follow_create
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -71,19 +78,52 @@ async def test_one_message_reaches_every_socket_of_every_user_it_names_and_no_ot
     published = get_redis().pubsub_numsub(multicast.CHANNEL)
     await sync_to_async(push.send)([(alice.pk, event), (bob.pk, event)])
 
-    for socket in sockets["alice"] + sockets["bob"]:
-        assert await socket.receive_json_from(timeout=5) == event
+    for ws in sockets["alice"] + sockets["bob"]:
+        assert await ws.receive_json_from(timeout=5) == event
     assert await sockets["carol"][0].receive_nothing(timeout=0.3)
     assert published[0][1] >= 1  # this process listens on the one channel
-    for socket in [s for group in sockets.values() for s in group]:
-        await socket.disconnect()
+    for ws in [s for group in sockets.values() for s in group]:
+        await ws.disconnect()
     assert not {alice.pk, bob.pk, carol.pk} & multicast.registry().sockets.keys()  # closed sockets are let go
+
+
+async def test_a_web_process_keeps_the_users_of_its_open_sockets_marked_online(make_user, monkeypatch):
+    # One task per process renews them all; a user whose mark lapsed (Redis lost it) is back
+    # within a round, and one whose sockets closed is left to expire.
+    monkeypatch.setattr(presence, "RENEW_EVERY", 0.05)
+    alice, bob = await sync_to_async(make_user)(), await sync_to_async(make_user)()
+    (to_alice, ok_a), (to_bob, ok_b) = await connect(alice), await connect(bob)
+    assert ok_a and ok_b
+    await to_bob.disconnect()
+    redis = get_redis()
+    redis.zrem(presence.PRESENCE_KEY, str(alice.pk), str(bob.pk))
+    deadline = time.monotonic() + 5
+    while redis.zscore(presence.PRESENCE_KEY, str(alice.pk)) is None:
+        assert time.monotonic() < deadline, "alice's mark was not renewed"
+        await asyncio.sleep(0.02)
+    assert redis.zscore(presence.PRESENCE_KEY, str(bob.pk)) is None
+    await to_alice.disconnect()
 
 
 def test_the_multicast_message_carries_ids_and_text_unchanged():
     text = json.dumps({"type": "tweet.new", "tweet": {"body": "line one\nline two, ünïcode"}})
-    assert multicast.decode(multicast.encode([3, 1, 2], text)) == ([3, 1, 2], text)
-    assert multicast.decode(multicast.encode([], text)) == ([], text)
+    assert multicast.split(multicast.encode([3, 1, 2], text)) == ([3, 1, 2], text.encode())
+    assert multicast.split(multicast.encode([], text)) == ([], text.encode())
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 70000])
+def test_a_prepared_frame_is_what_a_websocket_client_reads_as_one_text_message(size):
+    # Each length encoding (RFC 6455: 7 bits, 16 bits, 64 bits), read by another implementation.
+    payload = bytes(range(32, 127)) * (size // 95 + 1)
+    payload = payload[:size]
+    reader = StreamReader()
+    reader.feed_data(text_frame(payload))
+    parser = Frame.parse(reader.read_exact, mask=False)
+    with pytest.raises(StopIteration) as parsed:
+        next(parser)
+    frame = parsed.value.value
+    assert (frame.opcode, frame.fin, frame.data) == (Opcode.TEXT, True, payload)
+    assert not reader.buffer  # nothing after the frame
 
 
 async def test_client_cannot_join_another_group_and_bad_frames_close_the_socket(make_user):
@@ -192,6 +232,67 @@ async def test_posted_tweet_reaches_followers_socket_and_author_sees_progress(li
     finally:
         for ws in (author_ws, follower_ws, stranger_ws):
             await ws.close()
+
+
+def raw_websocket(live_app, cookie: str) -> socket.socket:
+    """A websocket opened by hand on a TCP socket with a small receive buffer, which this test
+    reads only when it chooses: the server's writes to it back up."""
+    host, port = live_app.url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect((host, int(port)))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /ws/timeline/ HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: {live_app.url}\r\nCookie: {cookie}\r\n\r\n".encode()
+    )
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+@pytest.mark.e2e
+async def test_prepared_frames_to_a_socket_that_reads_slowly_arrive_whole_and_in_order(live_app, make_user):
+    # timeline.serve hands a prepared frame to the kernel at once, and leaves to Twisted what
+    # the kernel would not take. Here the kernel's buffers fill: far more than they hold is
+    # sent to a socket that does not read, so frames go both ways, and must come out as sent.
+    slow_user, other_user = [await sync_to_async(make_user)() for _ in range(2)]
+    slow = raw_websocket(live_app, await sync_to_async(session_cookie)(slow_user))
+    other = await open_socket(live_app, other_user)
+    body, count = "x" * 8000, 1500  # 12 MB, three times the most a send buffer grows to here
+    try:
+        redis = Redis.from_url(LIVE_REDIS_URL)
+        for number in range(count):
+            event = json.dumps({"type": "tweet.new", "tweet": {"id": number, "body": body}})
+            redis.publish(multicast.CHANNEL, multicast.encode([slow_user.pk], event))
+        redis.publish(multicast.CHANNEL, multicast.encode([other_user.pk], json.dumps({"type": "marker"})))
+        # The server reads its subscription in order: once the marker is out, every frame for
+        # the slow socket has been written or buffered.
+        assert await frames_until(other, lambda f: f["type"] == "marker", timeout=30)
+
+        reader, parser, ids = StreamReader(), None, []
+        deadline = time.monotonic() + 30
+        while len(ids) < count:
+            assert time.monotonic() < deadline, f"{len(ids)} of {count} frames by the deadline"
+            reader.feed_data(await asyncio.to_thread(slow.recv, 1 << 16))
+            while True:
+                parser = parser or Frame.parse(reader.read_exact, mask=False)
+                try:
+                    next(parser)
+                    break  # not a whole frame yet: the same parser goes on once more has come
+                except StopIteration as parsed:
+                    frame, parser = parsed.value, None
+                if frame.opcode == Opcode.TEXT:
+                    message = json.loads(frame.data)
+                    assert message["tweet"]["body"] == body
+                    ids.append(message["tweet"]["id"])
+        assert ids == list(range(count))
+    finally:
+        slow.close()
+        await other.close()
 
 
 @pytest.mark.e2e

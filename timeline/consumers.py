@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -23,8 +22,7 @@ from fanout import multicast, presence, prometheus, trends, watermark
 from fanout.push import FORWARDED as FORWARDED_EVENTS
 from fanout.push import session_group
 from timeline import validation
-
-logger = logging.getLogger(__name__)
+from timeline.frames import EXTENSION
 
 # Clients send nothing but small pings; anything larger is a mistake or an attack.
 MAX_CLIENT_FRAME = 1024
@@ -70,10 +68,8 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
         self.counted = True
         for channel in evicted:
             await self.channel_layer.send(channel, {"type": "socket.replaced"})
-        self.tasks = [
-            asyncio.create_task(self._stay_online()),
-            asyncio.create_task(self._close_at((expires - timezone.now()).total_seconds())),
-        ]
+        # While it is open, its user stays marked online with this process's others (multicast).
+        self.tasks = [asyncio.create_task(self._close_at((expires - timezone.now()).total_seconds()))]
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "user_id"):  # whether or not it was added: discarding is safe
@@ -90,14 +86,6 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
                 await self.channel_layer.group_discard(group, self.channel_name)
             if hasattr(self, "user_id"):
                 await presence.remove_socket(self.user_id, self.channel_name)
-
-    async def _stay_online(self) -> None:
-        while True:
-            await asyncio.sleep(presence.RENEW_EVERY)
-            try:
-                await presence.mark_online(self.user_id)
-            except Exception:  # Redis away for a moment: try again next round
-                logger.warning("could not renew presence of user %s", self.user_id, exc_info=True)
 
     async def _close_at(self, seconds: float) -> None:
         await asyncio.sleep(max(seconds, 0))
@@ -136,9 +124,15 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
         text = event.get("text")  # the JSON, made once by its sender (fanout.push.on_the_wire)
         await (self.send(text_data=text) if isinstance(text, str) else self.send_json(event))
 
-    async def forward_text(self, text: str) -> None:
-        """An event for this socket's user, from fanout.multicast: the page's JSON as it is."""
-        await self.base_send({"type": "websocket.send", "text": text})
+    def forward(self, frame: bytes, text: str):
+        """An event for this socket's user, from fanout.multicast: the page's JSON as it is, and
+        as a websocket frame. Written at once where the server takes frames (timeline.serve);
+        otherwise the awaitable that sends it."""
+        send_frame = self.scope.get("extensions", {}).get(EXTENSION, {}).get("send")
+        if send_frame is not None:
+            send_frame(frame, text)
+            return None
+        return self.base_send({"type": "websocket.send", "text": text})
 
     # Control events, for this socket only.
     async def session_ended(self, event: dict) -> None:
