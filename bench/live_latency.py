@@ -66,7 +66,12 @@ from bench.harness import (  # noqa: E402
 )
 from bench.wsclient import LightSocket, open_socket  # noqa: E402
 
-TARGET_P99_MS = 250.0
+
+# The aims: p99 under 250 ms up to 1,000 online followers, under 1 s at 10,000.
+def target_p99_ms(followers: int) -> float:
+    return 250.0 if followers <= 1000 else 1000.0
+
+
 COPY_IGNORE = shutil.ignore_patterns(".venv", ".git", "var", "out", "__pycache__", "node_modules", ".pytest_cache")
 
 
@@ -444,7 +449,7 @@ def docs_text(sources: list[dict]) -> str:
                 best[s["followers"]] = s
     verdicts = [
         f"at {n} followers, **{s['layer']}, {s['setup']}** ({s['p99_ms']:.0f} ms, "
-        f"{'meets' if s['p99_ms'] < TARGET_P99_MS else 'misses'} the {TARGET_P99_MS:.0f} ms aim)"
+        f"{'meets' if s['p99_ms'] < target_p99_ms(n) else 'misses'} the {target_p99_ms(n):,.0f} ms aim)"
         for n, s in sorted(best.items())
     ]
     m = sources[0]["machine"]
