@@ -23,13 +23,11 @@ from fanout.connection import get_async_redis, get_redis
 
 PRESENCE_KEY = "presence:online"
 PRESENCE_TTL = 60
-# Sockets renew well inside the TTL, so one late renewal does not make a user look offline.
+# Marks are renewed well inside the TTL, so one late renewal does not make a user look offline.
 RENEW_EVERY = PRESENCE_TTL / 3
+RENEW_CHUNK = 1000  # users per ZADD when a process renews its users' marks
 # A user's socket list outlives its last socket by this much (then Redis drops it).
 SOCKETS_KEY_TTL = 24 * 3600
-
-
-RENEW_CHUNK = 1000
 
 
 async def mark_online(user_id: int) -> None:

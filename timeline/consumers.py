@@ -55,6 +55,8 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.user_id = user.pk
+        # The server's prepared-frame writer for this socket (timeline.serve), if it has one.
+        self.send_frame = self.scope.get("extensions", {}).get(EXTENSION, {}).get("send")
         # With Redis away these raise, and timeline.routing closes the socket with 4503.
         self.groups_joined = (session_group(session_key), trends.GROUP)
         for group in self.groups_joined:
@@ -128,9 +130,8 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
         """An event for this socket's user, from fanout.multicast: the page's JSON as it is, and
         as a websocket frame. Written at once where the server takes frames (timeline.serve);
         otherwise the awaitable that sends it."""
-        send_frame = self.scope.get("extensions", {}).get(EXTENSION, {}).get("send")
-        if send_frame is not None:
-            send_frame(frame, text)
+        if self.send_frame is not None:
+            self.send_frame(frame, text)
             return None
         return self.base_send({"type": "websocket.send", "text": text})
 

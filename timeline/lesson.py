@@ -1,9 +1,9 @@
 """The lesson page (/lesson/, demo mode only): one message posted two ways, side by side.
 
 A visitor writes a message and the demo account ``@lesson`` posts it twice to its audience
-(5,000 followers seeded by ``seed_demo``, as many as fan-out on write takes): once fanned out *in the request*, so
-the answer waits for every follower's timeline, and once *through the queue*, so the answer
-comes as soon as the tweet is saved and a worker delivers it. The page plots both answers, and
+(5,000 followers seeded by ``seed_demo``, as many as fan-out on write takes): once fanned out
+*in the request*, so the answer waits for every follower's timeline, and once *through the
+queue*, so the answer comes as soon as the tweet is saved and a worker delivers it. The page plots both answers, and
 when the queued one reached every timeline, as they accumulate; staff can pause the workers
 and set the cap (the same levers as /ops/) to watch the queue fill, the 503s begin, the
 clients' retries spread out, and the queue drain.
