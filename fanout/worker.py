@@ -33,6 +33,7 @@ from django.db import close_old_connections, connections
 from django_rq import get_worker
 from redis.exceptions import RedisError
 from rq import worker_registration
+from rq.scheduler import RQScheduler
 from rq.worker import SimpleWorker
 
 from fanout.admission import WORKER_QUEUES
@@ -52,6 +53,19 @@ PR_SET_PDEATHSIG = 1  # prctl(2)
 class FanoutWorker(SimpleWorker):
     stop_requested = False
     _registration_checked = 0.0
+    _scheduler = None
+
+    @property
+    def scheduler(self):
+        return self._scheduler
+
+    @scheduler.setter
+    def scheduler(self, scheduler):
+        # RQ builds its scheduler from a class named in its code: make it ours (see
+        # FanoutScheduler), before it forks the scheduler's process.
+        if type(scheduler) is RQScheduler:
+            scheduler.__class__ = FanoutScheduler
+        self._scheduler = scheduler
 
     def execute_job(self, job, queue):
         close_old_connections()
@@ -90,14 +104,27 @@ def _keep_sqlite_connections() -> None:
             connections[alias].settings_dict["CONN_MAX_AGE"] = None
 
 
+class FanoutScheduler(RQScheduler):
+    def _install_signal_handlers(self):
+        super()._install_signal_handlers()
+        # Held since the fork (_end_with_the_worker): a SIGTERM sent meanwhile reaches the
+        # handler just installed, which stops the scheduler and releases its lock.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
 def _end_with_the_worker() -> None:
     """In RQ's scheduler process, which the worker forks: be sent SIGTERM when the worker dies,
     however it dies. RQ's scheduler then releases its lock and stops; without this, a worker
     killed outright leaves its scheduler running on its own, and a new worker cannot take the
     lock for a minute (the relay in fanout.scheduled covers that minute, a second late).
+
+    RQ installs the scheduler's SIGTERM handler only once the new process runs its loop; until
+    then SIGTERM's default would end it with the lock still held. So SIGTERM is blocked here, and
+    FanoutScheduler unblocks it once RQ's handler is in place: one sent in between waits for it.
     """
     if not sys.platform.startswith("linux"):
         return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     parent = os.getppid()
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # the worker died before the line above

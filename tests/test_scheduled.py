@@ -4,6 +4,8 @@ no-JavaScript form. The end-to-end runs (everything restarted, Redis emptied) ar
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -379,6 +381,44 @@ def test_a_scheduled_tweet_goes_out_after_redis_lost_its_data(app_factory, priva
         timeout=20,
         what="the later one armed again on RQ's scheduler",
     )
+
+
+# A worker and the scheduler it forks, the worker dying before the scheduler's process is under
+# way (a busy machine): the death signal must wait for RQ's handler rather than end the process
+# with its lock held. A program of its own, so the at-fork hook stays out of the test process.
+DYING_BEFORE_THE_HANDLER = """
+import os, sys, time
+import django
+django.setup()
+from redis import Redis
+from rq.scheduler import RQScheduler
+from fanout.worker import FanoutScheduler, FanoutWorker, _end_with_the_worker
+
+os.register_at_fork(after_in_child=_end_with_the_worker)
+connection = Redis.from_url(os.environ["REDIS_URL"])
+worker = FanoutWorker(["a-queue"], connection=connection)
+worker.scheduler = RQScheduler(["a-queue"], connection=connection)
+assert isinstance(worker.scheduler, FanoutScheduler)
+parent = os.getpid()
+if os.fork() == 0:  # the scheduler's process, slow to start
+    deadline = time.monotonic() + 10
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    worker.scheduler._install_signal_handlers()
+    while not worker.scheduler._stop_requested and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with open(sys.argv[1], "w") as report:
+        report.write("stop requested" if worker.scheduler._stop_requested else "still running")
+    os._exit(0)
+os._exit(0)  # the worker, gone at once
+"""
+
+
+def test_a_worker_dying_before_its_schedulers_handler_still_stops_it(tmp_path):
+    report = tmp_path / "scheduler"
+    subprocess.run([sys.executable, "-c", DYING_BEFORE_THE_HANDLER, str(report)], check=True, timeout=60)
+    wait_for(report.exists, timeout=20, what="the scheduler's process to report (not killed outright)")
+    assert report.read_text() == "stop requested"
 
 
 @pytest.mark.e2e
