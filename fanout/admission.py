@@ -25,13 +25,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.contrib.auth import SESSION_KEY
 from django.db import DatabaseError
 from django.utils import timezone
 from django_rq import get_queue
 from rq import worker_registration
 
 from fanout import metrics, prometheus
-from fanout.connection import get_redis
+from fanout.connection import get_async_redis, get_redis
 from fanout.models import Fanout
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ SCHEDULED_QUEUE = "scheduled"
 # Workers take jobs from these queues in this order.
 WORKER_QUEUES = (SCHEDULED_QUEUE, FANOUT_QUEUE, "default")
 QUEUE_KEY = f"rq:queue:{FANOUT_QUEUE}"
+WORKERS_KEY = worker_registration.WORKERS_BY_QUEUE_KEY % FANOUT_QUEUE
 RESERVATIONS_KEY = "fanout:admission:reserved"
 RESERVATION_TTL = 30
 # Set by staff on /ops/ (to watch the queue fill to a small cap, say): the cap in force instead
@@ -53,12 +55,29 @@ FAILURE_TTL = 24 * 3600
 # least a second (the header's unit), and at most what a person will wait for a post.
 RETRY_AFTER_MIN, RETRY_AFTER_MAX = 1, 30
 
+# The queue's part of both scripts below, as a Lua function: drop lapsed reservations, then
+# reserve a slot unless waiting jobs plus reservations have reached the cap in force (the one
+# staff set, else the default). Returns whether it reserved, and the depth it saw.
+_RESERVE = """
+local function reserve(queue, reservations, cap_key, default_cap, now, token, ttl)
+  redis.call('ZREMRANGEBYSCORE', reservations, '-inf', now)
+  local depth = redis.call('LLEN', queue) + redis.call('ZCARD', reservations)
+  local cap = tonumber(redis.call('GET', cap_key) or default_cap)
+  if cap > 0 and depth >= cap then
+    return false, depth
+  end
+  redis.call('ZADD', reservations, now + ttl, token)
+  return true, depth
+end
+"""
+
 # KEYS: the queue list, the reservations zset, the author's rate-limit counter, the cap staff set.
 # ARGV: cap (0 = off; the key above wins when set), now, reservation token, reservation ttl, rate limit (0 = off), window,
 # reserve (0: the rate limit alone).
 # Returns {1, depth} admitted; {0, depth} over the cap; {-1, ttl} over the rate limit.
-_ADMIT_SCRIPT = """
-local now = tonumber(ARGV[2])
+_ADMIT_SCRIPT = (
+    _RESERVE
+    + """
 local limit = tonumber(ARGV[5])
 if limit > 0 then
   local used = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -66,26 +85,41 @@ if limit > 0 then
     return {-1, redis.call('TTL', KEYS[3])}
   end
 end
-if ARGV[7] == '0' then
-  if limit > 0 and redis.call('INCR', KEYS[3]) == 1 then
-    redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]))
+local depth = 0
+if ARGV[7] == '1' then
+  local reserved
+  reserved, depth = reserve(KEYS[1], KEYS[2], KEYS[4], ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]))
+  if not reserved then
+    return {0, depth}
   end
-  return {1, 0}
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local depth = redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
-local cap = tonumber(redis.call('GET', KEYS[4]) or ARGV[1])
-if cap > 0 and depth >= cap then
-  return {0, depth}
-end
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3])
-if limit > 0 then
-  if redis.call('INCR', KEYS[3]) == 1 then
-    redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]))
-  end
+if limit > 0 and redis.call('INCR', KEYS[3]) == 1 then
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]))
 end
 return {1, depth}
 """
+)
+
+# The queue's part alone, for a post whose session Redis holds logged in (the rate limit is
+# left to _ADMIT_SCRIPT, in Django).
+# KEYS: the queue list, the reservations zset, the cap staff set, the session's cached data.
+# ARGV: cap, now, reservation token, reservation ttl, the session's user-id field.
+# Returns {1, depth} reserved; {0, depth} over the cap; {-1, 0} no logged-in session cached.
+_RESERVE_FOR_SESSION_SCRIPT = (
+    _RESERVE
+    + """
+local cached = redis.call('GET', KEYS[4])
+if not cached then
+  return {-1, 0}
+end
+local decoded, session = pcall(cjson.decode, cached)
+if not decoded or type(session) ~= 'table' or not session[ARGV[5]] then
+  return {-1, 0}
+end
+local reserved, depth = reserve(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]))
+return {reserved and 1 or 0, depth}
+"""
+)
 
 
 class Overloaded(Exception):
@@ -115,19 +149,53 @@ def job_id(tweet_id: int) -> str:
     return f"fanout-{tweet_id}"
 
 
-def admit(*, author_id: int, rate_limit: bool = True, reserve: bool = True) -> Ticket | None:
+def admit(
+    *, author_id: int, rate_limit: bool = True, reserve: bool = True, reserved: Ticket | None = None
+) -> Ticket | None:
     """Reserve a queue slot for a new tweet, or raise Overloaded or RateLimited.
 
     A scheduled tweet is counted against its author's rate limit when it is scheduled
     (``reserve=False``: no slot, the queue is not touched yet) and asks for its slot when it is
-    published (``rate_limit=False``: it was counted already).
+    published (``rate_limit=False``: it was counted already). A post whose slot the web process
+    reserved in the event loop (``reserved``; see timeline.limits) is only counted against the
+    rate limit here, and gets that slot back (given back if the rate limit refuses it).
     """
     redis = get_redis()
     token = uuid.uuid4().hex
     limit = settings.TWEET_RATE_LIMIT if rate_limit else 0
-    admitted, value = redis.register_script(_ADMIT_SCRIPT)(
-        keys=[QUEUE_KEY, RESERVATIONS_KEY, f"ratelimit:tweets:{author_id}", CAP_KEY],
-        args=[
+    if reserved is not None:
+        reserve = False
+    admitted, value = redis.register_script(_ADMIT_SCRIPT)(**_admit_call(author_id, token, limit, reserve))
+    if admitted == -1:
+        if reserved is not None:
+            release(reserved)
+        prometheus.RATE_LIMITED.inc()
+        raise RateLimited(retry_after=max(int(value), 1))
+    if admitted == 0:
+        metrics.record_shed(limit="queue", redis=redis)
+        raise Overloaded(retry_after=retry_after(depth=int(value)), depth=int(value))
+    return reserved if reserved is not None else Ticket(token) if reserve else None
+
+
+async def reserve_for_session(session_cache_key: str) -> tuple[Ticket | None, int] | None:
+    """The queue part of ``admit``, for the event loop, for a post from the session cached at
+    ``session_cache_key``: (a ticket, depth), (None, depth) when the queue is at its cap, or
+    None when Redis holds no logged-in session there. The rate limit is left to
+    ``admit(reserved=...)``. One round trip."""
+    token = uuid.uuid4().hex
+    admitted, depth = await get_async_redis().register_script(_RESERVE_FOR_SESSION_SCRIPT)(
+        keys=[QUEUE_KEY, RESERVATIONS_KEY, CAP_KEY, session_cache_key],
+        args=[settings.FANOUT_QUEUE_CAP, time.time(), token, RESERVATION_TTL, SESSION_KEY],
+    )
+    if admitted == -1:
+        return None
+    return (Ticket(token) if admitted == 1 else None), int(depth)
+
+
+def _admit_call(author_id: int, token: str, limit: int, reserve: bool) -> dict:
+    return {
+        "keys": [QUEUE_KEY, RESERVATIONS_KEY, f"ratelimit:tweets:{author_id}", CAP_KEY],
+        "args": [
             settings.FANOUT_QUEUE_CAP,
             time.time(),
             token,
@@ -136,14 +204,7 @@ def admit(*, author_id: int, rate_limit: bool = True, reserve: bool = True) -> T
             settings.TWEET_RATE_WINDOW,
             int(reserve),
         ],
-    )
-    if admitted == -1:
-        prometheus.RATE_LIMITED.inc()
-        raise RateLimited(retry_after=max(int(value), 1))
-    if admitted == 0:
-        metrics.record_shed(limit="queue", redis=redis)
-        raise Overloaded(retry_after=retry_after(depth=int(value)), depth=int(value))
-    return Ticket(token) if reserve else None
+    }
 
 
 def cap(redis=None) -> int:
@@ -168,10 +229,26 @@ def release(ticket: Ticket) -> None:
     get_redis().zrem(RESERVATIONS_KEY, ticket.token)
 
 
+async def release_async(ticket: Ticket) -> None:
+    await get_async_redis().zrem(RESERVATIONS_KEY, ticket.token)
+
+
 def retry_after(*, depth: int) -> int:
     """Seconds until the queue has drained, by Little's law: wait = depth / drain rate."""
-    drain = metrics.drain_rate()
-    if drain <= 0 or not workers_listening():
+    return retry_after_from(depth, drain=metrics.drain_rate(), workers=workers_listening())
+
+
+async def drain_and_workers_async() -> tuple[float, int]:
+    """The drain rate and the workers listening, for retry_after_from, in one round trip."""
+    async with get_async_redis().pipeline(transaction=False) as pipe:
+        pipe.mget(metrics.drain_keys())
+        pipe.scard(WORKERS_KEY)
+        started, workers = await pipe.execute()
+    return metrics.drain_rate_from(started), int(workers)
+
+
+def retry_after_from(depth: int, *, drain: float, workers: int) -> int:
+    if drain <= 0 or not workers:
         return RETRY_AFTER_MAX  # no worker is draining: the honest answer is "a while"
     return min(max(math.ceil(depth / drain), RETRY_AFTER_MIN), RETRY_AFTER_MAX)
 
@@ -240,7 +317,7 @@ def waiting_jobs(job_ids: Sequence[str]) -> set[str]:
 def workers_listening() -> int:
     """Workers registered on the fan-out queue now (the drain rate looks 10 s back: they may have
     stopped since)."""
-    return int(get_redis().scard(worker_registration.WORKERS_BY_QUEUE_KEY % FANOUT_QUEUE))
+    return int(get_redis().scard(WORKERS_KEY))
 
 
 def depth() -> int:

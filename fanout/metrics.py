@@ -105,9 +105,16 @@ def _series(redis: Redis, seconds: list[int]) -> dict[str, list[float | None]]:
 
 def drain_rate(*, redis: Redis | None = None) -> float:
     """Jobs per second leaving the fan-out queue, over the last WINDOW_SECONDS."""
-    redis = redis or get_redis()
+    return drain_rate_from((redis or get_redis()).mget(drain_keys()))
+
+
+def drain_keys() -> list[str]:
+    """The buckets drain_rate reads (for callers that read them in a pipeline)."""
     now = int(time.time())
-    started = redis.mget([_key("started", s) for s in range(now - WINDOW_SECONDS, now)])
+    return [_key("started", s) for s in range(now - WINDOW_SECONDS, now)]
+
+
+def drain_rate_from(started: list[bytes | None]) -> float:
     return sum(float(v) for v in started if v is not None) / WINDOW_SECONDS
 
 

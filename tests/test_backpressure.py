@@ -270,53 +270,98 @@ async def test_the_in_flight_limit_sheds_at_the_door_and_recovers(redis):
         await asyncio.sleep(0.01)
 
 
-async def test_while_the_queue_is_full_posts_are_refused_before_django(make_user, settings, redis):
-    """After the view refuses a post on the cap, the gate refuses the next ones itself, with the
-    same answer, for a moment; then a post goes to Django again, whose check is exact."""
+async def test_past_web_threads_requests_wait_in_the_event_loop_and_past_the_door_are_shed(redis):
+    """Of the requests let in, only ``running`` reach Django at once; the rest wait without a
+    thread and run in turn, and only past the door's limit is a request refused."""
+    from timeline.limits import InFlightLimit
+
+    release, reached = asyncio.Event(), []
+
+    async def slow_app(scope, receive, send):
+        reached.append(scope["path"])
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    limited = InFlightLimit(slow_app, limit=4, running=2)
+
+    async def request() -> int:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        await limited({"type": "http", "path": "/api/tweets", "method": "POST"}, None, send)
+        return sent[0]["status"]
+
+    let_in = [asyncio.create_task(request()) for _ in range(4)]
+    await asyncio.wait_for(until(lambda: limited.in_flight == 4 and len(reached) == 2), timeout=5)
+    assert len(reached) == 2  # two run; two wait, let in but not in Django
+    assert await request() == 503  # the door is full: waiting counts
+    release.set()
+    assert [await t for t in let_in] == [200] * 4
+    assert len(reached) == 4 and limited.in_flight == 0
+
+
+async def test_posts_over_the_cap_are_refused_in_the_event_loop(make_user, settings, redis):
+    """A logged-in post asks for its queue slot before Django: over the cap it is refused there,
+    with Django's answer, and Django never sees it; admitted, the view uses that slot rather than
+    asking again, and whatever Django answers, the slot is not left held."""
     from asgiref.sync import sync_to_async
     from channels.testing import HttpCommunicator
     from django.core.asgi import get_asgi_application
 
-    from timeline.limits import QUEUE_FULL_MEMORY_SECONDS, QueueFullGate
+    from timeline.limits import SLOT, QueueAdmission
 
     settings.FANOUT_QUEUE_CAP = 1
     reached = []
 
     async def django(scope, receive, send):
-        reached.append(scope["path"])
+        reached.append(scope.get(SLOT))
         await get_asgi_application()(scope, receive, send)
 
-    gate = QueueFullGate(django)
+    gate = QueueAdmission(django)
     cookie = await sync_to_async(session_cookie)(await sync_to_async(make_user)())
     token = "t" * 32
-    headers = [
-        (b"host", b"127.0.0.1"),
-        (b"cookie", f"{cookie}; csrftoken={token}".encode()),
-        (b"x-csrftoken", token.encode()),
-        (b"content-type", b"application/json"),
-    ]
+    csrf = [(b"x-csrftoken", token.encode()), (b"content-type", b"application/json"), (b"host", b"127.0.0.1")]
 
-    async def post_tweet() -> tuple[int, dict, dict]:
-        body = json.dumps({"body": "hello", "client_id": str(uuid.uuid4())}).encode()
-        answer = await HttpCommunicator(gate, "POST", "/api/tweets", body=body, headers=headers).get_response(10)
-        return answer["status"], {k.decode(): v.decode() for k, v in answer["headers"]}, json.loads(answer["body"])
+    async def post(app=gate, *, body="hello", cookie=cookie) -> tuple[int, dict, dict]:
+        payload = json.dumps({"body": body, "client_id": str(uuid.uuid4())}).encode()
+        headers = [*csrf, (b"cookie", f"{cookie}; csrftoken={token}".encode())]
+        answer = await HttpCommunicator(app, "POST", "/api/tweets", body=payload, headers=headers).get_response(10)
+        return (
+            answer["status"],
+            {k.decode().lower(): v.decode() for k, v in answer["headers"]},
+            json.loads(answer["body"]),
+        )
 
-    assert (await post_tweet())[0] == 202  # the queue's one place
-    by_django = await post_tweet()
-    assert len(reached) == 2
-    by_gate = await post_tweet()
-    assert len(reached) == 2  # Django never saw it
+    async def none_held() -> bool:  # the gate gives the slot back once Django's answer is sent
+        await asyncio.wait_for(until(lambda: redis.zcard(RESERVATIONS_KEY) == 0), timeout=5)
+        return True
 
-    assert by_django[0] == by_gate[0] == 503
+    # Cap 1: the gate's slot is the queue's only one, so a view that asked for another is refused.
+    assert (await post())[0] == 202
+    assert reached[0] is not None and redis.llen(QUEUE_KEY) == 1 and await none_held()
+
+    by_gate = await post()
+    assert len(reached) == 1  # Django never saw it
+    by_django = await post(get_asgi_application())  # Django's own refusal, for comparison
+    assert by_gate[0] == by_django[0] == 503
     assert by_gate[2] == by_django[2] and by_gate[2]["error"]["code"] == "overloaded"
-    assert by_gate[1]["Retry-After"] == by_django[1]["Retry-After"]
-    assert "X-Shed-Limit" not in by_django[1] and "Set-Cookie" not in by_gate[1]
+    assert by_gate[1]["retry-after"] == by_django[1]["retry-after"]
+    assert by_gate[1]["x-content-type-options"] == "nosniff" and "set-cookie" not in by_gate[1]
     assert await sync_to_async(Tweet.objects.count)() == 1
 
-    await asyncio.sleep(QUEUE_FULL_MEMORY_SECONDS)  # the gate forgets; the queue drains meanwhile
-    await sync_to_async(redis.delete)(QUEUE_KEY)
-    assert (await post_tweet())[0] == 202
-    assert len(reached) == 3
+    await sync_to_async(redis.delete)(QUEUE_KEY)  # the queue drains
+    assert (await post(body=""))[0] == 400  # admitted by the gate, refused by Django: the slot is given back
+    assert len(reached) == 2 and reached[1] is not None and await none_held()
+    status, _, _ = await post(cookie="sessionid=not-a-session")  # nobody: Django says so, no slot taken
+    assert status in (401, 403) and reached[2] is None and redis.zcard(RESERVATIONS_KEY) == 0
+
+    settings.TWEET_RATE_LIMIT = 2  # the author's rate limit is still Django's (one post counted so far)
+    settings.FANOUT_QUEUE_CAP = 10
+    assert [(await post())[0] for _ in range(2)] == [202, 429]
+    assert await none_held() and await sync_to_async(Tweet.objects.count)() == 2
 
 
 def test_staff_levers_pause_the_workers_and_set_the_cap(make_user, client_for, run_worker, settings):

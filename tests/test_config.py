@@ -38,6 +38,7 @@ def start(**env: str) -> subprocess.CompletedProcess:
         ("DJANGO_SECRET_KEY", "short"),
         ("CHANNEL_LAYER", "carrier-pigeon"),
         ("WEB_MAX_IN_FLIGHT", "-3"),
+        ("WEB_THREADS", "many"),
         ("WEB_PROCESSES", "0"),
         ("WORKERS", "-1"),
         ("FANOUT_LEASE_SECONDS", "0"),

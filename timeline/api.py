@@ -24,7 +24,7 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 
 from fanout import metrics, trends
 from fanout.admission import Overloaded, RateLimited
-from timeline import lesson, selectors, services, throttles, validation
+from timeline import lesson, limits, selectors, services, throttles, validation
 from timeline.forms import LoginForm, SignupForm, TweetForm
 from timeline.payloads import fanout_payload, tweet_payload, user_payload
 
@@ -71,13 +71,8 @@ def api_view(*methods: str, login_required: bool = True, staff_required: bool = 
             except ValidationError as exc:
                 return error_response(400, "invalid", "Some fields need another look.", _fields(_error_dict(exc)))
             except Overloaded as exc:
-                response = error_response(
-                    503,
-                    "overloaded",
-                    f"Busy delivering other tweets; try again in {exc.retry_after} s. Nothing was posted.",
-                )
+                response = error_response(503, "overloaded", limits.queue_full_message(exc.retry_after))
                 response["Retry-After"] = str(exc.retry_after)
-                response["X-Shed-Limit"] = "queue"  # taken off by timeline.limits.QueueFullGate
                 return response
             except RateLimited as exc:
                 response = error_response(
@@ -198,7 +193,7 @@ def tweets(request: HttpRequest) -> HttpResponse:
     if (publish_at := fields.pop("publish_at")) is not None:
         result = services.tweet_schedule(author=request.user, publish_at=publish_at, **fields)
     else:
-        result = services.tweet_create(author=request.user, **fields)
+        result = services.tweet_create(author=request.user, reserved=limits.reserved_slot(request), **fields)
     tweet = result.tweet  # with its author and outbox row, as made or as found
     return JsonResponse(_posted_payload(tweet), status=202 if result.created else 200)
 

@@ -23,6 +23,7 @@ import logging
 from urllib.parse import parse_qsl
 
 from django.conf import settings
+from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY
 from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
 from django.utils.crypto import constant_time_compare
@@ -31,18 +32,17 @@ from redis.exceptions import RedisError
 from fanout import timelines, watermark
 from fanout.connection import get_async_redis, get_async_timeline_redis
 from timeline import identity, selectors, sessions, tweet_cache, validation
-from timeline.middleware import json_error_body
+from timeline.middleware import json_error_body, security_headers
 
 logger = logging.getLogger(__name__)
 
 PATH = "/api/timeline/home"
-_USER_ID, _USER_HASH = "_auth_user_id", "_auth_user_hash"
 
 
 class HotReads:
     def __init__(self, app) -> None:
         self.app = app
-        self.headers = _security_headers()
+        self.headers = security_headers()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "GET":
@@ -77,9 +77,9 @@ class HotReads:
             return None  # Django says what is wrong with it
         limit, before, after = query
         session = await sessions.cached_session(session_key)
-        if not session or _USER_ID not in session:
+        if not session or SESSION_KEY not in session:
             return None
-        user_id = int(session[_USER_ID])
+        user_id = int(session[SESSION_KEY])
         bounds = {"limit": limit + 1, "before": before, "after": after}
         redis, store = get_async_redis(), get_async_timeline_redis()
 
@@ -102,7 +102,7 @@ class HotReads:
         if auth is None or low_watermark is None:
             return None
         auth = json.loads(auth)
-        if not auth["active"] or not constant_time_compare(session.get(_USER_HASH, ""), auth["hash"]):
+        if not auth["active"] or not constant_time_compare(session.get(HASH_SESSION_KEY, ""), auth["hash"]):
             return None
         authors = timelines.merged_from(merged, version)
         if authors is None:
@@ -157,24 +157,3 @@ def _secure(scope, headers: dict[bytes, bytes]) -> bool:
         name = header.removeprefix("HTTP_").replace("_", "-").lower().encode()
         return headers.get(name, b"").decode("latin-1") == value
     return False
-
-
-def _security_headers() -> list[tuple[bytes, bytes]]:
-    """What Django and its middleware put on this answer (the content length comes per request)."""
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"vary", b"Cookie"),
-        (b"x-frame-options", settings.X_FRAME_OPTIONS.encode()),
-        (b"x-content-type-options", b"nosniff"),
-        (b"referrer-policy", settings.SECURE_REFERRER_POLICY.encode()),
-        (b"cross-origin-opener-policy", settings.SECURE_CROSS_ORIGIN_OPENER_POLICY.encode()),
-    ]
-    directives = settings.CONTENT_SECURITY_POLICY["DIRECTIVES"]
-    policy = "; ".join(f"{name} {' '.join(values)}" for name, values in directives.items())
-    headers.append((b"content-security-policy", policy.encode()))
-    if settings.SECURE_HSTS_SECONDS:  # set only with DJANGO_SECURE, when plain HTTP is redirected
-        hsts = f"max-age={settings.SECURE_HSTS_SECONDS}"
-        if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
-            hsts += "; includeSubDomains"
-        headers.append((b"strict-transport-security", hsts.encode()))
-    return headers

@@ -7,6 +7,12 @@ the same cores starve, and even a 503 from the queue cap takes seconds to say. P
 ``WEB_MAX_IN_FLIGHT`` requests this wrapper answers 503 with Retry-After itself, in the event
 loop, before any thread or query, so shedding stays cheap exactly when it is needed.
 
+Of the requests let in, only ``WEB_THREADS`` run in Django at once; the others wait their turn
+here, in the event loop, holding no thread. Django's work is CPU under one GIL, so more threads
+than that finish nothing sooner: they only make each request slower and take the GIL from the
+event loop, which answers the 503s, the hot reads and the websockets. With 32 threads at 3x
+overload a 503 took 431 ms at p99, with 3 about a tenth of that (docs/benchmarks.md).
+
 Health checks, staff stats, metrics and static files are never shed: they are how overload is
 seen. Home timelines answered from Redis (timeline.hot_reads) never reach the door: they take
 no thread.
@@ -25,7 +31,13 @@ import json
 import logging
 from collections import Counter
 
-from fanout import metrics
+from django.conf import settings
+from django.http.cookie import parse_cookie
+from redis.exceptions import RedisError
+
+from fanout import admission, metrics
+from timeline import sessions
+from timeline.middleware import json_error_body, security_headers
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +59,11 @@ _BODY = json.dumps(
 
 
 class InFlightLimit:
-    def __init__(self, app, limit: int) -> None:
+    def __init__(self, app, limit: int, running: int = 0) -> None:
         self.app = app
         self.limit = limit
+        # Of the requests let in, how many run in Django at once (0: all); the rest wait here.
+        self.running = asyncio.Semaphore(running) if running > 0 else None
         # Requests in progress, and the bound, for each budget: one event loop per process, no lock.
         self.limits = {"main": limit, "anonymous auth": max(1, int(limit * ANONYMOUS_AUTH_SHARE))}
         self.in_progress = dict.fromkeys(self.limits, 0)
@@ -70,7 +84,11 @@ class InFlightLimit:
             return
         self.in_progress[budget] += 1
         try:
-            await self.app(scope, receive, send)
+            if self.running is None:
+                await self.app(scope, receive, send)
+            else:
+                async with self.running:
+                    await self.app(scope, receive, send)
         finally:
             self.in_progress[budget] -= 1
 
@@ -126,65 +144,91 @@ def _exempt(path: str) -> bool:
     return path in EXEMPT_PATHS or path.startswith(EXEMPT_PREFIXES)
 
 
-# -- the queue cap, remembered in the event loop ---------------------------------------------------
+# -- the queue cap, in the event loop ---------------------------------------------------------------
 
 TWEETS_PATH = "/api/tweets"
-# How long a post refused on the queue cap makes this process refuse the next ones itself.
-QUEUE_FULL_MEMORY_SECONDS = 0.2
-# The header the tweets view marks a queue-cap refusal with; this gate takes it off the answer.
-SHED_MARK = b"x-shed-limit"
+# Where an admitted post's reserved queue slot goes in the ASGI scope, for the tweets view.
+SLOT = "timeline.queue_slot"
+# How long a measured drain rate serves the Retry-After of the refusals that follow.
+DRAIN_MEMORY_SECONDS = 1.0
 
 
-class QueueFullGate:
-    """Posts refused at once, in the event loop, while the fan-out queue is known to be full.
+class QueueAdmission:
+    """The fan-out queue's cap, applied to posts in the event loop, before any thread or query.
 
-    Under overload most posts are refused on the queue cap, and until now each refusal went
-    the whole way through Django (session, CSRF, user, a Redis script) to say 503: at 3x
-    capacity those refusals took the web processes' CPU, from the workers that drain the queue
-    too. So when the view refuses a post on the cap (it marks the answer), this process refuses
-    the posts that follow for QUEUE_FULL_MEMORY_SECONDS itself, with the same answer and
-    Retry-After, for a fraction of the cost. The first post after that goes to Django, whose
-    admission check is exact: a queue that drained is used again within that fraction of a
-    second, and nothing is ever accepted past the cap.
+    Under overload most posts are refused on the cap. Each refusal used to go the whole way
+    through Django (session, CSRF, user, a Redis script) to say 503, behind the posts being
+    accepted, and at 3x capacity those refusals took the web processes' CPU from the workers
+    that drain the queue. So a post from a logged-in session (its session cached in Redis) asks
+    for its queue slot here: the same reservation script as Django's (fanout.admission), one
+    round trip. Refused, it is answered 503 with the Retry-After Django would give, without
+    reaching Django; admitted, it goes on with the slot in its scope, and the view uses that slot
+    rather than asking again (the author's rate limit, and everything else, is still Django's).
+    Whatever Django answers, the slot is given back afterwards: a post that was made spent it
+    when its job was queued, and one that was not (bad input, the rate limit, a scheduled tweet,
+    the door) must not hold it.
+
+    A post this cannot place (no cached session, Redis away) goes to Django, which admits it as
+    before.
     """
 
     def __init__(self, app) -> None:
         self.app = app
-        self.full_until = 0.0
-        self.answer: tuple[list[tuple[bytes, bytes]], bytes] | None = None
         self.shed = ShedCounter()
+        self.headers = security_headers()  # what Django's 503 carries
+        self.drain: tuple[float, float, int] | None = None  # (measured at, drain rate, workers)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"] != TWEETS_PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        loop = asyncio.get_running_loop()
-        if self.answer is not None and loop.time() < self.full_until:
-            await self._refuse(send)
+        try:
+            slot = await self._reserve(scope)
+        except (RedisError, OSError) as exc:
+            logger.debug("post passed to Django to admit: %s", exc)
+            slot = None
+        if slot is None:
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, self._watching(send, loop))
+        ticket, depth = slot
+        if ticket is None:
+            await self._refuse(send, depth)
+            return
+        try:
+            await self.app({**scope, SLOT: ticket}, receive, send)
+        finally:
+            try:
+                await admission.release_async(ticket)
+            except (RedisError, OSError):
+                pass  # the reservation expires by itself (admission.RESERVATION_TTL)
 
-    def _watching(self, send, loop):
-        marked: list[tuple[bytes, bytes]] | None = None  # this answer's headers, if a refusal
+    async def _reserve(self, scope) -> tuple[admission.Ticket | None, int] | None:
+        """(a ticket or None when refused, the depth), or None to leave the post to Django."""
+        cookies = parse_cookie(dict(scope["headers"]).get(b"cookie", b"").decode("latin-1"))
+        session_key = cookies.get(settings.SESSION_COOKIE_NAME)
+        if not session_key:
+            return None  # Django says that nobody is logged in
+        return await admission.reserve_for_session(sessions.KEY_PREFIX + session_key)
 
-        async def watched(message) -> None:
-            nonlocal marked
-            if message["type"] == "http.response.start":
-                headers = message.get("headers", [])
-                if any(name.lower() == SHED_MARK for name, _ in headers):
-                    marked = [(n, v) for n, v in headers if n.lower() != SHED_MARK]
-                    message = {**message, "headers": marked}
-            elif message["type"] == "http.response.body" and marked is not None:
-                # Given to other people's posts: nothing of this person's (a cookie) goes with it.
-                shared = [(n, v) for n, v in marked if n.lower() != b"set-cookie"]
-                self.answer = (shared, message.get("body", b""))
-                self.full_until = loop.time() + QUEUE_FULL_MEMORY_SECONDS
-            await send(message)
-
-        return watched
-
-    async def _refuse(self, send) -> None:
-        headers, body = self.answer
+    async def _refuse(self, send, depth: int) -> None:
+        now = asyncio.get_running_loop().time()
+        if self.drain is None or now - self.drain[0] > DRAIN_MEMORY_SECONDS:
+            try:
+                self.drain = (now, *await admission.drain_and_workers_async())
+            except (RedisError, OSError):
+                self.drain = (now, 0.0, 0)
+        retry_after = admission.retry_after_from(depth, drain=self.drain[1], workers=self.drain[2])
+        body = json_error_body("overloaded", queue_full_message(retry_after))
+        headers = [*self.headers, (b"retry-after", b"%d" % retry_after), (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         self.shed.count("queue")
+
+
+def queue_full_message(retry_after: int) -> str:
+    return f"Busy delivering other tweets; try again in {retry_after} s. Nothing was posted."
+
+
+def reserved_slot(request) -> admission.Ticket | None:
+    """The queue slot QueueAdmission reserved for this post, if it did."""
+    return getattr(request, "scope", {}).get(SLOT)

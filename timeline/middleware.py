@@ -13,6 +13,7 @@ import json
 import logging
 import time
 
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
@@ -37,6 +38,28 @@ def outage_part(exception: BaseException | None) -> str | None:
 def json_error_body(code: str, message: str, fields: dict[str, str] | None = None) -> bytes:
     """The API's one error shape, as bytes (for answers made outside Django's views)."""
     return json.dumps({"error": {"code": code, "message": message, "fields": fields or {}}}).encode()
+
+
+def security_headers() -> list[tuple[bytes, bytes]]:
+    """What Django and its middleware put on a JSON answer, for answers made in the event loop
+    (timeline.hot_reads, timeline.limits); the content length comes per answer."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"vary", b"Cookie"),
+        (b"x-frame-options", settings.X_FRAME_OPTIONS.encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", settings.SECURE_REFERRER_POLICY.encode()),
+        (b"cross-origin-opener-policy", settings.SECURE_CROSS_ORIGIN_OPENER_POLICY.encode()),
+    ]
+    directives = settings.CONTENT_SECURITY_POLICY["DIRECTIVES"]
+    policy = "; ".join(f"{name} {' '.join(values)}" for name, values in directives.items())
+    headers.append((b"content-security-policy", policy.encode()))
+    if settings.SECURE_HSTS_SECONDS:  # set only with DJANGO_SECURE, when plain HTTP is redirected
+        hsts = f"max-age={settings.SECURE_HSTS_SECONDS}"
+        if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
+            hsts += "; includeSubDomains"
+        headers.append((b"strict-transport-security", hsts.encode()))
+    return headers
 
 
 def unavailable_response(request: HttpRequest, part: str) -> HttpResponse:

@@ -114,6 +114,7 @@ def tweet_create(
     client_id: uuid.UUID,
     admission_control: bool = True,
     charged_to: AbstractBaseUser | None = None,
+    reserved: admission.Ticket | None = None,
 ) -> PostResult:
     """Post a tweet once per client_id.
 
@@ -122,8 +123,11 @@ def tweet_create(
     Without ``admission_control`` (demo data, imports: not people posting) neither the queue
     cap nor the rate limit applies, and the fan-out joins the front of the queue. The rate
     limit is the author's, or ``charged_to``'s (the lesson page's visitor posting as its account).
+    A queue slot already ``reserved`` for the post (timeline.limits.QueueAdmission) is used
+    rather than asking for another.
     """
-    admit = partial(admission.admit, author_id=(charged_to or author).pk) if admission_control else None
+    author_id = (charged_to or author).pk
+    admit = partial(admission.admit, author_id=author_id, reserved=reserved) if admission_control else None
     return _create(author, body, client_id, admit=admit, queued=True)
 
 
