@@ -228,27 +228,39 @@ async def until(condition) -> None:
         await asyncio.sleep(0)
 
 
+def held_app(release: asyncio.Event, reached: list[str]):
+    """An ASGI app that notes each request's path, then answers 200 once ``release`` is set."""
+
+    async def app(scope, receive, send):
+        reached.append(scope["path"])
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    return app
+
+
+async def ask(app, path: str) -> list[dict]:
+    """GET ``path`` of ``app``: the messages it sent."""
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    await app({"type": "http", "path": path, "method": "GET"}, None, send)
+    return sent
+
+
 async def test_the_in_flight_limit_sheds_at_the_door_and_recovers(redis):
     """Past the limit, requests get 503 + Retry-After at once, without reaching Django."""
     from timeline.limits import InFlightLimit
 
     release, reached = asyncio.Event(), []
 
-    async def slow_app(scope, receive, send):
-        reached.append(scope["path"])
-        await release.wait()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    limited = InFlightLimit(slow_app, limit=2)
+    limited = InFlightLimit(held_app(release, reached), limit=2)
 
     async def request(path: str) -> tuple[int, dict[bytes, bytes], bytes]:
-        sent = []
-
-        async def send(message):
-            sent.append(message)
-
-        await limited({"type": "http", "path": path, "method": "GET"}, None, send)
+        sent = await ask(limited, path)
         return sent[0]["status"], dict(sent[0].get("headers", [])), sent[1]["body"]
 
     busy = [asyncio.create_task(request("/api/tweets")) for _ in range(2)]
@@ -277,22 +289,10 @@ async def test_past_web_threads_requests_wait_in_the_event_loop_and_past_the_doo
 
     release, reached = asyncio.Event(), []
 
-    async def slow_app(scope, receive, send):
-        reached.append(scope["path"])
-        await release.wait()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    limited = InFlightLimit(slow_app, limit=4, running=2)
+    limited = InFlightLimit(held_app(release, reached), limit=4, running=2)
 
     async def request() -> int:
-        sent = []
-
-        async def send(message):
-            sent.append(message)
-
-        await limited({"type": "http", "path": "/api/tweets", "method": "POST"}, None, send)
-        return sent[0]["status"]
+        return (await ask(limited, "/api/tweets"))[0]["status"]
 
     let_in = [asyncio.create_task(request()) for _ in range(4)]
     await asyncio.wait_for(until(lambda: limited.in_flight == 4 and len(reached) == 2), timeout=5)
@@ -320,7 +320,7 @@ async def test_posts_over_the_cap_are_refused_in_the_event_loop(make_user, setti
         reached.append(scope.get(SLOT))
         await get_asgi_application()(scope, receive, send)
 
-    gate = QueueAdmission(django)
+    gate = QueueAdmission(django, remember=0)  # every post asks Redis (the memory: below)
     cookie = await sync_to_async(session_cookie)(await sync_to_async(make_user)())
     token = "t" * 32
     csrf = [(b"x-csrftoken", token.encode()), (b"content-type", b"application/json"), (b"host", b"127.0.0.1")]
@@ -362,6 +362,37 @@ async def test_posts_over_the_cap_are_refused_in_the_event_loop(make_user, setti
     settings.FANOUT_QUEUE_CAP = 10
     assert [(await post())[0] for _ in range(2)] == [202, 429]
     assert await none_held() and await sync_to_async(Tweet.objects.count)() == 2
+
+
+async def test_after_a_refusal_posts_are_refused_without_asking_for_a_moment(make_user, settings, redis):
+    from asgiref.sync import sync_to_async
+    from channels.testing import HttpCommunicator
+    from django.core.asgi import get_asgi_application
+
+    from timeline.limits import QueueAdmission
+
+    settings.FANOUT_QUEUE_CAP = 1
+    gate = QueueAdmission(get_asgi_application(), remember=60)
+    cookie = await sync_to_async(session_cookie)(await sync_to_async(make_user)())
+    token = "t" * 32
+    headers = [
+        (b"host", b"127.0.0.1"),
+        (b"cookie", f"{cookie}; csrftoken={token}".encode()),
+        (b"x-csrftoken", token.encode()),
+        (b"content-type", b"application/json"),
+    ]
+
+    async def post() -> int:
+        body = json.dumps({"body": "hello", "client_id": str(uuid.uuid4())}).encode()
+        answer = await HttpCommunicator(gate, "POST", "/api/tweets", body=body, headers=headers).get_response(10)
+        return answer["status"]
+
+    assert [await post(), await post()] == [202, 503]  # the queue's one place, then the cap
+    await sync_to_async(redis.delete)(QUEUE_KEY)  # the queue drains...
+    assert await post() == 503  # ...but this process still remembers it full
+    gate.full = (0.0, 0)  # the moment has passed
+    assert await post() == 202
+    assert await sync_to_async(Tweet.objects.count)() == 2
 
 
 def test_staff_levers_pause_the_workers_and_set_the_cap(make_user, client_for, run_worker, settings):
