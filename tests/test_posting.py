@@ -21,6 +21,21 @@ def post(client, payload, **extra):
     return client.post("/api/tweets", data=json.dumps(payload), content_type="application/json", **extra)
 
 
+def test_a_post_does_not_look_its_author_up_again(make_user):
+    """The author is the request's user: validating the tweet must not query for them (a query
+    per post, the foreign key's existence check)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from timeline import services
+
+    author = make_user()
+    with CaptureQueriesContext(connection) as queries:
+        services.tweet_create(author=author, body="hello", client_id=uuid.uuid4())
+    assert Tweet.objects.filter(author=author).count() == 1
+    assert not [q["sql"] for q in queries if '"auth_user"' in q["sql"]]
+
+
 def test_post_creates_tweet_outbox_row_job_and_own_timeline_entry(make_user, client_for, redis):
     author = make_user()
     timelines.begin_rebuild(author.pk)  # a materialized (empty) timeline, as after a first read

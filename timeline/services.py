@@ -157,9 +157,9 @@ def tweet_create_fanned_out_now(
 def _create(author: AbstractBaseUser, body: str, client_id: uuid.UUID, *, admit, queued: bool) -> PostResult:
     body = validate_tweet_body(body)
     tweet = Tweet(author=author, body=body, client_id=client_id)
-    # The database enforces the constraints (and a duplicate client_id is caught below);
-    # checking them here too would cost a query each on every post.
-    tweet.full_clean(validate_unique=False, validate_constraints=False)
+    # The database enforces the constraints (and a duplicate client_id is caught below), and the
+    # author is the one making the request; checking them here too would cost a query each.
+    tweet.full_clean(exclude=["author"], validate_unique=False, validate_constraints=False)
     # Back pressure before any write: over the queue cap this raises Overloaded and nothing
     # is made (see fanout.admission). The ticket holds a queue slot until the job is pushed.
     # A retry of a post that was made is answered with that post, not refused: it is looked
@@ -239,7 +239,7 @@ def tweet_schedule(*, author: AbstractBaseUser, body: str, client_id: uuid.UUID,
         )
         raise ValidationError({"publish_at": ValidationError(message, code="too_many")})
     tweet = Tweet(author=author, body=body, client_id=client_id, publish_at=publish_at)
-    tweet.full_clean(validate_unique=False, validate_constraints=False)
+    tweet.full_clean(exclude=["author"], validate_unique=False, validate_constraints=False)  # as in _create
     admission.admit(author_id=author.pk, reserve=False)  # RateLimited: 429
     try:
         with transaction.atomic():
