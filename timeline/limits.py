@@ -8,10 +8,11 @@ the same cores starve, and even a 503 from the queue cap takes seconds to say. P
 loop, before any thread or query, so shedding stays cheap exactly when it is needed.
 
 Of the requests let in, only ``WEB_THREADS`` run in Django at once; the others wait their turn
-here, in the event loop, holding no thread. Django's work is CPU under one GIL, so more threads
-than that finish nothing sooner: they only make each request slower and take the GIL from the
-event loop, which answers the 503s, the hot reads and the websockets. With 32 threads at 3x
-overload a 503 took 431 ms at p99, with 3 about a tenth of that (docs/benchmarks.md).
+here, in the event loop, holding no thread. Django's work is mostly CPU under one GIL, so
+threads past a few finish nothing sooner: they make each request slower and take the GIL from
+the event loop, which answers the 503s, the hot reads and the websockets. Too few starve Django
+of the waits it overlaps (a query, a round trip): 8 served more than 3 or an unbounded number,
+and took the 503's p99 at 3x overload from 100-430 ms to about 70 (docs/benchmarks.md).
 
 Health checks, staff stats, metrics and static files are never shed: they are how overload is
 seen. Home timelines answered from Redis (timeline.hot_reads) never reach the door: they take

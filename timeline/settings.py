@@ -127,7 +127,7 @@ WORKERS = config.env_int("WORKERS", 2, minimum=0, maximum=256)
 # HTTP requests one web process works on at once; past it, 503 at the door (0 turns it off).
 WEB_MAX_IN_FLIGHT = config.env_int("WEB_MAX_IN_FLIGHT", 32)
 # Of those, how many run in Django at once, each on a thread; the rest wait in the event loop.
-WEB_THREADS = config.env_int("WEB_THREADS", 3)
+WEB_THREADS = config.env_int("WEB_THREADS", 8)
 
 # Throttles (timeline/throttles.py): (count, window in seconds) per key; 0 turns one off.
 THROTTLES = {
