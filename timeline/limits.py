@@ -163,8 +163,8 @@ class QueueAdmission:
     through Django (session, CSRF, user, a Redis script) to say 503, behind the posts being
     accepted, and at 3x capacity those refusals took the web processes' CPU from the workers
     that drain the queue. So a post from a logged-in session (its session cached in Redis) asks
-    for its queue slot here: the same reservation script as Django's (fanout.admission), one
-    round trip. Refused, it is answered 503 with the Retry-After Django would give, without
+    for its queue slot here: the reservation Django's admission makes (fanout.admission), with
+    the session checked in the same Lua script, one round trip. Refused, it is answered 503 with the Retry-After Django would give, without
     reaching Django; admitted, it goes on with the slot in its scope, and the view uses that slot
     rather than asking again (the author's rate limit, and everything else, is still Django's).
     Whatever Django answers, the slot is given back afterwards: a post that was made spent it
