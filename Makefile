@@ -21,7 +21,7 @@ run: $(VENV)/.run-deps
 	$(BIN)/python manage.py migrate --noinput -v 0
 	@# Every process writes its metrics for /metrics here (fanout/prometheus.py); a start begins at zero.
 	@rm -rf $(VAR_DIR)/prometheus && mkdir -p $(VAR_DIR)/prometheus
-	@echo "Starting on http://127.0.0.1:$(PORT)/ with $(WEB_PROCESSES) web process(es) and $(WORKERS) worker(s); Ctrl-C stops everything."
+	@echo "Starting on http://127.0.0.1:$(PORT)/ with $(WEB_PROCESSES) web process(es) and $(WORKERS) worker(s); with the demo data it says Ready once that exists. Ctrl-C stops everything."
 	PATH="$(CURDIR)/$(BIN):$$PATH" PROMETHEUS_MULTIPROC_DIR=$(VAR_DIR)/prometheus $(BIN)/supervisord -c supervisord.conf
 
 # What `make run` is running (in another terminal); any supervisorctl command works the same way:

@@ -13,8 +13,13 @@ written to each socket's transport, with no ASGI message per socket (see that mo
 channel layer keeps what it is good at: a socket's session and trends groups, and control
 messages to one socket.
 
-Ordering holds per user as before: every event for a user's pages goes through this one channel,
-in the order it was published. Delivery is best effort, as the pub/sub channel layer's was: a
+Control events for a user's sockets (``session.ended``, ``user.changed``: see
+timeline.consumers) travel the same way on a second channel, read on the same subscription, so
+they are ordered with the page events: a socket told that its session ended is never passed an
+event published after that.
+
+Ordering holds per user as before: every event for a user's pages goes through this one
+subscription, in the order it was published. Delivery is best effort, as the pub/sub channel layer's was: a
 web process that was away from Redis misses what was sent meanwhile, and its pages catch up from
 the home timeline when they reconnect (fanout.watermark).
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
@@ -38,6 +44,7 @@ from timeline.frames import text_frame
 logger = logging.getLogger(__name__)
 
 CHANNEL = "push:multicast"
+CONTROL_CHANNEL = "push:control"
 RETRY_SECONDS = 1.0
 SUBSCRIBE_TIMEOUT_SECONDS = 5.0
 
@@ -66,7 +73,8 @@ class Registry:
     async def add(self, user_id: int, consumer) -> None:
         """Pass this user's events on to ``consumer``, from as soon as the subscription is up:
         raises if Redis cannot be reached (the socket is refused). ``consumer.forward(frame,
-        text)`` writes the event at once and returns None, or returns an awaitable that does."""
+        text)`` writes the event at once and returns None, or returns an awaitable that does;
+        ``consumer.control(event)`` takes a control event (a dict), at once."""
         if self.listening is None or self.listening.done():
             self.ready = asyncio.Event()
             self.listening = asyncio.create_task(self._listen(), name="push-multicast")
@@ -99,11 +107,15 @@ class Registry:
             )
             try:
                 async with client.pubsub() as pubsub:
-                    await pubsub.subscribe(CHANNEL)
+                    await pubsub.subscribe(CHANNEL, CONTROL_CHANNEL)
                     self.ready.set()
                     first = False
                     async for message in pubsub.listen():
-                        if message["type"] == "message":
+                        if message["type"] != "message":
+                            continue
+                        if message["channel"] == CONTROL_CHANNEL.encode():
+                            self._control(message["data"])
+                        else:
                             await self._deliver(message["data"])
             except asyncio.CancelledError:
                 raise
@@ -140,6 +152,16 @@ class Registry:
                         await pending
                 except Exception:  # one closing socket does not stop the others
                     logger.debug("live push to a socket of user %s failed", user_id, exc_info=True)
+
+    def _control(self, data: bytes) -> None:
+        user_ids, payload = split(data)
+        event = json.loads(payload)
+        for user_id in user_ids:
+            for consumer in tuple(self.sockets.get(user_id, ())):
+                try:
+                    consumer.control(event)
+                except Exception:
+                    logger.exception("control event %s for a socket of user %s failed", event.get("type"), user_id)
 
 
 _registries: dict[asyncio.AbstractEventLoop, Registry] = {}

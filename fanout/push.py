@@ -4,8 +4,9 @@ Events are plain dicts with a ``type`` (``tweet.new``, ``tweet.deleted``, ``ment
 ``fanout.progress``, ``fanout.done``) for users: each goes out once per batch, as the JSON the
 page gets, with the ids of the users it is for, on one Redis channel that every web process
 reads (fanout.multicast); the websocket consumer passes it on to that user's pages unchanged.
-Each socket is also in its login session's group on the channel layer, which hears
-``session.ended`` on logout, and in the trends group.
+Control events for a user's sockets (``session.ended``, ``user.changed``) go the same way on
+the control channel, and the consumer acts on them itself. Each socket is also in the trends
+group on the channel layer.
 
 Workers are synchronous, and the channel layer is asyncio. With the pub/sub layer (the
 default, see docs/benchmarks.md) a group send is one PUBLISH, and the layer sends them one at a
@@ -45,14 +46,21 @@ _loop_pid: int | None = None
 _loop_lock = threading.Lock()
 
 
-def session_group(session_key: str) -> str:
-    """The sockets of one login session. The key is hashed: channel names are visible to anyone
-    who can read Redis, and a session key is a credential."""
-    return f"session.{hashlib.sha256(session_key.encode()).hexdigest()[:40]}"
+def session_tag(session_key: str) -> str:
+    """What names a login session in control events. The key is hashed: what goes through Redis
+    is visible to anyone who can read it, and a session key is a credential."""
+    return hashlib.sha256(session_key.encode()).hexdigest()[:40]
 
 
-def session_ended() -> Event:
-    return {"type": "session.ended"}
+def session_ended(session_key: str) -> Event:
+    """For the sockets opened with this session: it was logged out, replaced or deleted."""
+    return {"type": "session.ended", "session": session_tag(session_key)}
+
+
+def user_changed(*, active: bool, session_hashes: list[str]) -> Event:
+    """For a user's sockets: the account changed (a new password, deactivated, deleted), and
+    these are the session hashes that still authenticate it (none: nothing does)."""
+    return {"type": "user.changed", "active": active, "session_hashes": session_hashes}
 
 
 def tweet_new(tweet: dict[str, Any]) -> Event:
@@ -101,6 +109,18 @@ def send(messages: Iterable[tuple[int, Event]]) -> None:
             pipe.execute()
     except (RedisError, OSError) as exc:  # Redis away: one line, the pages catch up later
         logger.warning("live push of %d event(s) failed: %s", len(recipients), exc)
+
+
+def send_control(messages: Iterable[tuple[int, Event]]) -> None:
+    """Send each (user_id, control event) to that user's sockets, in one round trip. Raises if
+    Redis cannot be reached: the caller decides what an undelivered control event means."""
+    messages = list(messages)
+    if not messages:
+        return
+    with get_redis().pipeline(transaction=False) as pipe:
+        for user_id, event in messages:
+            pipe.publish(multicast.CONTROL_CHANNEL, multicast.encode([user_id], _page_json(event)))
+        pipe.execute()
 
 
 def _page_json(event: Event) -> str:

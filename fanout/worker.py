@@ -37,6 +37,7 @@ from rq.scheduler import RQScheduler
 from rq.worker import SimpleWorker
 
 from fanout.admission import WORKER_QUEUES
+from fanout.outages import DATABASE, REDIS, outages, part_of
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +68,30 @@ class FanoutWorker(SimpleWorker):
             scheduler.__class__ = FanoutScheduler
         self._scheduler = scheduler
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.push_exc_handler(self._note_outage)
+
     def execute_job(self, job, queue):
         close_old_connections()
         try:
             return super().execute_job(job, queue)
         finally:
             close_old_connections()
+
+    def perform_job(self, job, queue, execution):
+        done = super().perform_job(job, queue, execution)
+        if done and outages.since:  # a job went through: whatever was away is back
+            outages.worked(DATABASE)
+            outages.worked(REDIS)
+        return done
+
+    @staticmethod
+    def _note_outage(job, exc_type, exc_value, traceback):
+        part = part_of(exc_value)
+        if part is not None:
+            outages.failed(part, f"job {job.func_name}", exc_value)
+        return True  # RQ's next handler (moving the job to the failed registry) runs too
 
     def request_stop(self, signum, frame):
         self.stop_requested = True  # Ctrl-C or SIGTERM: ``run`` must not start another loop

@@ -168,6 +168,14 @@ def on_postgres() -> bool:
     return settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
 
 
+def the_postgres_server():
+    """The private PostgreSQL the suite runs on (TEST_DATABASE=postgres), to stop and start."""
+    from fanout.postgres_server import PostgresServer
+    from tests import servers_plugin
+
+    return next(server for server in servers_plugin.servers() if isinstance(server, PostgresServer))
+
+
 def start_live_app(
     logs: Path, *, redis_url: str, webs: int = 1, workers: int = 1, cron: bool = False, **env_overrides: str
 ) -> LiveApp:

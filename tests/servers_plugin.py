@@ -59,6 +59,11 @@ def pytest_load_initial_conftests(early_config, parser, args):
         raise pytest.UsageError(f"TEST_TIMELINE_STORE must be redis or cluster, not {store!r}")
 
 
+def servers() -> list:
+    """The servers this plugin started, for the tests that stop and start them."""
+    return list(_servers)
+
+
 def pytest_report_header(config):
     return (
         f"database: {os.environ.get('TEST_DATABASE', 'sqlite')}, redis: {os.environ.get('REDIS_URL')},"

@@ -88,9 +88,12 @@ def test_the_front_door_says_what_this_is_and_lists_demo_logins_in_demo_mode_onl
     assert client.get("/tweets/new").status_code in (302, 405)  # the rest still wants a login
 
     settings.DEMO_MODE = True
+    html = client.get("/").content.decode()  # before seeding: no login that would fail
+    assert "demo accounts are being made" in html and "demo-pass" not in html
     make_user("alice", password="alice-demo-pass")
     html = client.get("/").content.decode()
     assert "Try it with a demo account" in html and "alice-demo-pass" in html
+    assert "bob-demo-pass" not in html  # offered once made, and not before
     signed_in = client.post("/login/", {"username": "alice", "password": "alice-demo-pass", "next": "/"})
     assert (signed_in.status_code, signed_in["Location"]) == (302, "/")
     assert "What is happening?" in client.get("/").content.decode()  # the timeline, logged in

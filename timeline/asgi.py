@@ -17,7 +17,7 @@ from django.conf import settings  # noqa: E402
 
 from fanout import prometheus  # noqa: E402
 from timeline.hot_reads import HotReads  # noqa: E402
-from timeline.limits import InFlightLimit, QueueAdmission  # noqa: E402
+from timeline.limits import BodyLimit, InFlightLimit, QueueAdmission  # noqa: E402
 from timeline.routing import RefuseDuringOutage, SameOriginOnly, websocket_urlpatterns  # noqa: E402
 
 # A web process holding a thousand sockets has a large long-lived heap, and a fan-out briefly
@@ -41,9 +41,11 @@ application = ProtocolTypeRouter(
         # Hot reads, and posts refused on the queue cap, are answered in the event loop without
         # a thread, so the door (which bounds the requests that take one) stands behind them:
         # only what they pass to Django counts.
-        "http": HotReads(
-            QueueAdmission(
-                InFlightLimit(django_asgi_app, limit=settings.WEB_MAX_IN_FLIGHT, running=settings.WEB_THREADS)
+        "http": BodyLimit(
+            HotReads(
+                QueueAdmission(
+                    InFlightLimit(django_asgi_app, limit=settings.WEB_MAX_IN_FLIGHT, running=settings.WEB_THREADS)
+                )
             )
         ),
         "websocket": SameOriginOnly(RefuseDuringOutage(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),

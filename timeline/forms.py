@@ -6,6 +6,7 @@ import re
 from datetime import datetime, timezone, tzinfo
 
 from django import forms
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
@@ -94,21 +95,17 @@ class SignupForm(LoginForm):
 
 
 class ThrottledAuthenticationForm(AuthenticationForm):
-    """The login page's form (Django's LoginView), with the same throttles as the API's login."""
+    """The login page's form (Django's LoginView): the authentication backend throttles failed
+    logins for every form (timeline.throttles); this says so in the form's words."""
 
     def clean(self):
-        username, password = self.cleaned_data.get("username"), self.cleaned_data.get("password")
-        if not (username and password):
-            return super().clean()
-        address = throttles.client_address(self.request)
         try:
-            throttles.check_login(username=username, address=address)
+            return super().clean()
         except throttles.Throttled as exc:
             raise ValidationError(
                 f"Too many failed logins; try again in {exc.retry_after} s.", code="throttled"
             ) from None
-        try:
-            return super().clean()
-        except ValidationError:
-            throttles.login_failed(username=username, address=address)
-            raise
+
+
+class ThrottledAdminAuthenticationForm(ThrottledAuthenticationForm, AdminAuthenticationForm):
+    """The admin's login form, throttled the same way (admin.site.login_form)."""

@@ -26,7 +26,6 @@ from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY
 from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
-from django.utils.crypto import constant_time_compare
 from redis.exceptions import RedisError
 
 from fanout import timelines, watermark
@@ -101,8 +100,7 @@ class HotReads:
         merged, version, *home = timeline
         if auth is None or low_watermark is None:
             return None
-        auth = json.loads(auth)
-        if not auth["active"] or not constant_time_compare(session.get(HASH_SESSION_KEY, ""), auth["hash"]):
+        if not identity.vouches(json.loads(auth), session.get(HASH_SESSION_KEY)):
             return None
         authors = timelines.merged_from(merged, version)
         if authors is None:

@@ -8,7 +8,9 @@ the same cores starve, and even a 503 from the queue cap takes seconds to say. P
 loop, before any thread or query, so shedding stays cheap exactly when it is needed.
 
 Of the requests let in, only ``WEB_THREADS`` run in Django at once; the others wait their turn
-here, in the event loop, holding no thread. Django's work is mostly CPU under one GIL, so
+here, in the event loop, holding no thread, for at most ``THREAD_WAIT_SECONDS``: when Django's
+threads are all stuck (the database away, each request waiting out its connection timeout),
+the requests queued behind them are answered 503 at once rather than after the whole queue. Django's work is mostly CPU under one GIL, so
 threads past a few finish nothing sooner: they make each request slower and take the GIL from
 the event loop, which answers the 503s, the hot reads and the websockets. Too few starve Django
 of the waits it overlaps (a query, a round trip): 8 served more than 3 or an unbounded number,
@@ -44,10 +46,14 @@ logger = logging.getLogger(__name__)
 
 EXEMPT_PATHS = frozenset({"/healthz", "/api/stats", "/metrics"})
 EXEMPT_PREFIXES = ("/static/",)
-ANONYMOUS_AUTH_PATHS = frozenset({"/api/auth/login", "/api/auth/signup", "/login/", "/signup/"})
+ANONYMOUS_AUTH_PATHS = frozenset({"/api/auth/login", "/api/auth/signup", "/login/", "/signup/", "/admin/login/"})
 # The anonymous auth budget, as a share of the door's limit (at least one request).
 ANONYMOUS_AUTH_SHARE = 1 / 16
 RETRY_AFTER_SECONDS = 1
+# How long a request let in may wait for one of Django's threads. In normal overload the wait is
+# the door's limit over the threads times a request's few milliseconds; only threads stuck on
+# something (a database that is down, settings.DATABASE_WAIT_SECONDS each) make it longer.
+THREAD_WAIT_SECONDS = 1.0
 _BODY = json.dumps(
     {
         "error": {
@@ -60,9 +66,10 @@ _BODY = json.dumps(
 
 
 class InFlightLimit:
-    def __init__(self, app, limit: int, running: int = 0) -> None:
+    def __init__(self, app, limit: int, running: int = 0, wait: float = THREAD_WAIT_SECONDS) -> None:
         self.app = app
         self.limit = limit
+        self.wait = wait
         # Of the requests let in, how many run in Django at once (0: all); the rest wait here.
         self.running = asyncio.Semaphore(running) if running > 0 else None
         # Requests in progress, and the bound, for each budget: one event loop per process, no lock.
@@ -87,9 +94,17 @@ class InFlightLimit:
         try:
             if self.running is None:
                 await self.app(scope, receive, send)
-            else:
-                async with self.running:
-                    await self.app(scope, receive, send)
+                return
+            try:
+                async with asyncio.timeout(self.wait):
+                    await self.running.acquire()
+            except TimeoutError:
+                await self._shed(send)
+                return
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.running.release()
         finally:
             self.in_progress[budget] -= 1
 
@@ -251,3 +266,58 @@ def queue_full_message(retry_after: int) -> str:
 def reserved_slot(request) -> admission.Ticket | None:
     """The queue slot QueueAdmission reserved for this post, if it did."""
     return getattr(request, "scope", {}).get(SLOT)
+
+
+# -- request bodies ----------------------------------------------------------------------------------
+
+
+def too_large_response() -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The 413 for a body larger than any route takes: status, headers and body."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    body = json_error_body(
+        "too_large", f"The body is larger than {limit} bytes, which no request needs. Nothing was done."
+    )
+    return 413, [*security_headers(), (b"content-length", b"%d" % len(body))], body
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """A request body larger than ``settings.DATA_UPLOAD_MAX_MEMORY_SIZE`` is answered 413 before
+    the application reads it: at once when its Content-Length says so, or as soon as a streamed
+    body passes it. Under timeline.serve the server has refused it already, before reading it;
+    this is the same bound for any other server, which may have read the body by now."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            await self._refuse(send)
+            return
+        received = 0
+
+        async def bounded_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, bounded_receive, send)
+        except _TooLarge:  # raised while the body was read, before any answer began
+            await self._refuse(send)
+
+    async def _refuse(self, send) -> None:
+        status, headers, body = too_large_response()
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -10,29 +10,23 @@ anything else that meets an outage ends here and answers like the rest of the ap
 from __future__ import annotations
 
 import json
-import logging
 import time
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
+from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
-from redis.exceptions import RedisError
 
-from fanout import prometheus
-
-logger = logging.getLogger(__name__)
+from fanout import outages, prometheus
 
 RETRY_AFTER_SECONDS = 5
 
 
 def outage_part(exception: BaseException | None) -> str | None:
-    """Which part an exception says is away ("queue" or "database"), or None for a real bug."""
-    if isinstance(exception, RedisError):
-        return "queue"
-    if isinstance(exception, (OperationalError, InterfaceError)):
-        return "database"
-    return None
+    """Which part an exception says is away, in the words the answer uses ("queue" or
+    "database"), or None for a real bug."""
+    part = outages.part_of(exception)
+    return {outages.REDIS: "queue", outages.DATABASE: "database"}.get(part)
 
 
 def json_error_body(code: str, message: str, fields: dict[str, str] | None = None) -> bytes:
@@ -75,17 +69,24 @@ def unavailable_response(request: HttpRequest, part: str) -> HttpResponse:
 
 
 class ServiceUnavailableMiddleware:
+    """Answers an outage met anywhere in a view with 503, and says once per outage that the part
+    is away and once that it is back (fanout.outages), however many requests meet it."""
+
     def __init__(self, get_response) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        return self.get_response(request)
+        response = self.get_response(request)
+        if outages.outages.since and not getattr(request, "met_an_outage", False) and connection.connection is not None:
+            outages.outages.worked(outages.DATABASE)  # this request used the database, and it answered
+        return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         part = outage_part(exception)
         if part is None:
             return None
-        logger.warning("%s unavailable during %s %s: %s", part, request.method, request.path, exception)
+        request.met_an_outage = True
+        outages.outages.failed(outages.part_of(exception), f"{request.method} {request.path}", exception)
         return unavailable_response(request, part)
 
 

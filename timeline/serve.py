@@ -1,4 +1,5 @@
-"""The web server: daphne, plus one way to write a prepared websocket frame to many sockets.
+"""The web server: daphne, plus a bound on request bodies and one way to write a prepared
+websocket frame to many sockets.
 
     python -m timeline.serve [daphne's options] timeline.asgi:application
 
@@ -15,6 +16,14 @@ Order is kept: behind frames still queued in autobahn, or with compression negot
 goes the usual way; behind bytes Twisted still holds, the frame joins them. An application that
 does not find the extension (another server) sends ``websocket.send`` messages as always
 (fanout.multicast).
+
+Request bodies: Twisted reads a request's whole body (into memory, or a temporary file past
+100 KB) before daphne hands the request to the application, so a refusal in the application
+comes after a few hundred megabytes have been read. Here a request whose ``Content-Length``
+passes ``settings.DATA_UPLOAD_MAX_MEMORY_SIZE`` (the largest body any route takes) is answered
+413 before its body is read, and a chunked one is cut off with a 413 once it passes it; the
+connection is closed. (timeline.limits.BodyLimit refuses the same at the application, for other
+servers.)
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 from functools import partial
 
 from daphne.cli import CommandLineInterface
+from daphne.http_protocol import HTTPFactory, WebRequest
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import tcp
@@ -29,7 +39,67 @@ from twisted.internet import tcp
 from timeline.frames import EXTENSION
 
 
+class BoundedRequest(WebRequest):
+    """daphne's request, refusing a body larger than the largest any route takes, unread."""
+
+    refused = False
+    received = 0
+
+    def gotLength(self, length):
+        if length is not None and length > _max_body():
+            self._refuse()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data):
+        if self.refused:
+            return
+        self.received += len(data)
+        if self.received > _max_body():
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def process(self):
+        if not self.refused:  # else the connection is closing and nothing is answered twice
+            return super().process()
+
+    def _refuse(self) -> None:
+        from timeline.limits import too_large_response
+
+        self.refused = True
+        status, headers, body = too_large_response()
+        head = b"HTTP/1.1 %d Content Too Large\r\n" % status
+        head += b"".join(b"%s: %s\r\n" % pair for pair in [*headers, (b"connection", b"close")])
+        transport = self.channel.transport
+        transport.write(head + b"\r\n" + body)
+        transport.loseConnection()  # stops reading: the rest of the body is never taken in
+
+
+def _max_body() -> int:
+    from django.conf import settings
+
+    return settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+
+
+class BoundedHTTPFactory(HTTPFactory):
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        protocol.requestFactory = BoundedRequest
+        return protocol
+
+
 class FramesServer(Server):
+    # daphne's run() makes its HTTP factory from a class named in its code, with no setting to
+    # name another: the one it assigns is replaced by ours (checked with daphne 4.2.3).
+    @property
+    def http_factory(self):
+        return self._http_factory
+
+    @http_factory.setter
+    def http_factory(self, factory):
+        self._http_factory = BoundedHTTPFactory(self) if type(factory) is HTTPFactory else factory
+
     def create_application(self, protocol, scope):
         if isinstance(protocol, WebSocketProtocol):
             extensions = dict(scope.get("extensions") or {})

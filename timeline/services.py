@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 
+from django.conf import settings
 from django.contrib.auth import authenticate, get_user_model, login, logout
 from django.contrib.auth.models import AbstractBaseUser
 from django.contrib.auth.password_validation import validate_password
@@ -24,7 +25,7 @@ from django_rq import get_queue
 from fanout import admission, delivery, prometheus, push, retraction, scheduled, timelines, trends
 from fanout.connection import get_redis
 from fanout.models import Fanout, Retraction, Schedule
-from timeline import payloads, text, throttles, tweet_cache
+from timeline import payloads, text, tweet_cache
 from timeline.models import TWEET_MAX_LENGTH, Follow, Tweet, TweetTag
 from timeline.validation import is_blank
 
@@ -88,23 +89,20 @@ def user_signup(*, username: str, password: str) -> AbstractBaseUser:
 
 
 def user_login(request: HttpRequest, *, username: str, password: str) -> AbstractBaseUser | None:
-    """Log in, unless this account or this client failed too often (Throttled, before any hash)."""
-    address = throttles.client_address(request)
-    throttles.check_login(username=username, address=address)
+    """Log in; None for a wrong name or password. Throttled (before any hash) if this client
+    failed too often (the authentication backend applies timeline.throttles to every login).
+    Logging in over another session ends that one, and its sockets (timeline.apps)."""
     user = authenticate(request, username=username, password=password)
     if user is None:
-        throttles.login_failed(username=username, address=address)
         return None
     login(request, user)
     return user
 
 
 def user_logout(request: HttpRequest) -> None:
-    """Log the request's session out, and close the websockets opened with that session."""
-    session_key = request.session.session_key
+    """Log the request's session out. Its deletion closes the websockets opened with it
+    (timeline.apps), as any other ending of a session does."""
     logout(request)
-    if session_key:
-        push.send_to_groups([(push.session_group(session_key), push.session_ended())])
 
 
 def tweet_create(
@@ -411,9 +409,16 @@ def _commit_tweet_ids_in_order() -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             # Held by a session that died mid-post, the lock is freed only when the server ends
-            # that session (settings: 30 s); meanwhile posting answers 503, it does not hang.
-            cursor.execute("SET LOCAL lock_timeout = '2s'")
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [TWEET_ORDER_LOCK])
+            # that session (settings: 30 s); meanwhile posting answers 503 after the connection's
+            # lock_timeout (settings.DATABASE_WAIT_SECONDS), it does not hang. Posts queue for
+            # this lock one after another, so the rest of the transaction waits at most what is
+            # left of that bound, not the whole of it again: behind a locked table, every post
+            # would otherwise wait out each one before it.
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s), set_config('lock_timeout', greatest(1, %s - 1000 * extract("
+                "epoch FROM clock_timestamp() - statement_timestamp()))::int || 'ms', true)",
+                [TWEET_ORDER_LOCK, settings.DATABASE_WAIT_SECONDS * 1000],
+            )
 
 
 def _after_tweet_commit(

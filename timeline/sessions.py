@@ -11,6 +11,10 @@ The database stays the source of truth. A read that misses Redis, or finds it aw
 database (and puts the session back). A write goes to the database and then to Redis; if Redis
 is away the copy is simply not written. A delete (logout) must reach Redis, or the session
 would live on there: with Redis away, logging out fails with 503 and can be tried again.
+
+However a session ends (logged out, replaced by a login over it, deleted in bulk or in the
+admin), ``ended`` runs once it is gone from the database (timeline.apps): it drops the copy and
+closes the sockets opened with the session (timeline.consumers).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 from django.contrib.sessions.backends import cached_db
 from redis.exceptions import RedisError
 
+from fanout import push
 from fanout.connection import get_async_redis, get_redis
 
 logger = logging.getLogger(__name__)
@@ -77,3 +82,13 @@ class SessionStore(cached_db.SessionStore):
 async def cached_session(session_key: str) -> dict | None:
     """The session's data if Redis has it (None otherwise: the caller asks Django)."""
     return await RedisSessionCache().aget(KEY_PREFIX + session_key)
+
+
+def ended(session_key: str, user_id: int | None) -> None:
+    """A session is gone from the database: drop its copy in Redis, and close its sockets."""
+    get_redis().delete(KEY_PREFIX + session_key)
+    if user_id is not None:
+        try:
+            push.send_control([(user_id, push.session_ended(session_key))])
+        except RedisError as exc:  # Redis away: no socket hears anything meanwhile either
+            logger.warning("the sockets of an ended session were not told (%s)", exc)

@@ -70,11 +70,17 @@ TEMPLATES = [
 # process and several workers can write at once: WAL lets readers run beside the one writer,
 # IMMEDIATE transactions take the write lock up front (a deferred transaction that upgrades
 # later can fail at once with "database is locked"), and the timeout makes writers queue.
+#
+# Every wait on the database is bounded by DATABASE_WAIT_SECONDS: for SQLite's write lock, for
+# a connection from PostgreSQL's pool or a new one, for a PostgreSQL lock. Past it the request
+# answers 503 with Retry-After (timeline.middleware) and nothing is half-written, rather than
+# hanging for as long as the database is away; a worker's attempt fails and is retried.
+DATABASE_WAIT_SECONDS = 2
 DATABASES = {"default": config.env_database("DATABASE_URL", VAR_DIR / "db.sqlite3")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",
-        "timeout": 20,  # seconds; sqlite:///path?timeout=N sets another
+        "timeout": DATABASE_WAIT_SECONDS,  # sqlite:///path?timeout=N sets another
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         **DATABASES["default"].get("OPTIONS", {}),
     }
@@ -82,16 +88,28 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # it; named per test run, so that two runs on one checkout do not trample each other.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-db-{config.os.getpid()}.sqlite3")}
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
     # A web process that dies in the middle of a post (a host lost, not a clean exit) leaves its
     # session idle inside the transaction, holding posting's advisory lock (timeline.services)
     # until TCP gives up on it, hours later. The server ends such a session after 30 s instead.
-    _options = DATABASES["default"].setdefault("OPTIONS", {})
-    _options["options"] = f"{_options.get('options', '')} -c idle_in_transaction_session_timeout=30000".strip()
+    # Options given in DATABASE_URL come last, so they win.
+    _wait_ms = DATABASE_WAIT_SECONDS * 1000
+    _defaults = f"-c lock_timeout={_wait_ms} -c idle_in_transaction_session_timeout=30000"
+    _options["options"] = f"{_defaults} {_options.get('options', '')}".strip()
+    _options.setdefault("connect_timeout", max(DATABASE_WAIT_SECONDS, 2))  # libpq's least is 2
     # Each process keeps a few connections open and lends one to each request: without a pool
     # every request started a server backend of its own, which cost PostgreSQL more CPU than the
     # post itself (bench/capacity.py). A lent connection is checked first, so one the server
     # dropped (a restart, the timeout above) is replaced rather than handed out.
-    _options.setdefault("pool", {"min_size": 2, "max_size": 16, "timeout": 10})
+    #
+    # While the server is away, the pool retries a lost connection with a backoff that doubles
+    # (1, 2, 4... s) for ``reconnect_timeout``, and starts no other attempt meanwhile: with the
+    # default (5 minutes) a web process could go on answering 503 for half a minute after the
+    # server came back. Given up after a few seconds, the next request that needs a connection
+    # tries at once (a refused connection costs nothing), so processes are back within seconds.
+    _options.setdefault(
+        "pool", {"min_size": 2, "max_size": 16, "timeout": DATABASE_WAIT_SECONDS, "reconnect_timeout": 5}
+    )
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -129,10 +147,18 @@ WEB_MAX_IN_FLIGHT = config.env_int("WEB_MAX_IN_FLIGHT", 32)
 # Of those, how many run in Django at once, each on a thread; the rest wait in the event loop.
 WEB_THREADS = config.env_int("WEB_THREADS", 8)
 
+# The largest request body any route takes (Django's own bound for form data, kept here for
+# every body): the JSON API takes at most 64 KB (timeline.validation), the admin's forms a little
+# more. Larger ones are refused with 413 before they are read (timeline.serve, timeline.limits).
+DATA_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
+
 # Throttles (timeline/throttles.py): (count, window in seconds) per key; 0 turns one off.
 THROTTLES = {
-    "login_failures_per_account": (10, 60),
+    # Failed logins: a client on one account; a client on any; an account from anywhere (past
+    # it, only clients that have not failed on the account may try: see timeline.throttles).
+    "login_failures_per_account_and_address": (10, 60),
     "login_failures_per_address": (30, 300),
+    "login_failures_per_account": (10, 60),
     "signups_per_address": (10, 3600),
     "follow_toggles_per_user": (60, 60),
 }
@@ -254,6 +280,9 @@ LOGGING = {
         # text, of any length) would let anyone fill the log.
         "django.security.DisallowedHost": {"handlers": [], "propagate": False},
         "timeline": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # The pool says so at each attempt while the database is away; an outage is logged
+        # where it is met (timeline.middleware, the cron), once.
+        "psycopg.pool": {"handlers": ["console"], "level": "ERROR", "propagate": False},
         "fanout": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }

@@ -7,7 +7,7 @@ from django_rq.stats_views import stats_json
 from django_rq.urls import get_admin_urlpatterns
 
 from timeline import api, validation, views
-from timeline.forms import ThrottledAuthenticationForm
+from timeline.forms import ThrottledAdminAuthenticationForm, ThrottledAuthenticationForm
 
 
 class UsernameConverter:
@@ -37,6 +37,8 @@ class IdConverter:
 
 # Change lists get the page's whole width (the fan-out list's columns were cut off beside it).
 admin.site.enable_nav_sidebar = False
+# The admin's login is throttled as every other login is (timeline.throttles).
+admin.site.login_form = ThrottledAdminAuthenticationForm
 
 register_converter(UsernameConverter, "username")
 register_converter(IdConverter, "id")

@@ -45,11 +45,15 @@ def _home_context(request: HttpRequest, form: ComposeForm | None = None, *, befo
 
 
 def _demo_logins() -> list[tuple[str, str]]:
+    """The demo logins whose accounts exist: `make run` serves before its seeding is done, and
+    a login offered before its account is made would fail the first click."""
     if not settings.DEMO_MODE:
         return []
     from timeline.management.commands import seed_demo  # the accounts make run seeds
 
-    return [*seed_demo.PEOPLE.items(), seed_demo.POPULAR, seed_demo.MEGASTAR, seed_demo.STAFF]
+    logins = [*seed_demo.PEOPLE.items(), seed_demo.POPULAR, seed_demo.MEGASTAR, seed_demo.STAFF]
+    made = set(User.objects.filter(username__in=[name for name, _ in logins]).values_list("username", flat=True))
+    return [(name, password) for name, password in logins if name in made]
 
 
 def _trends_or_none() -> list[dict] | None:
@@ -64,7 +68,9 @@ def home(request: HttpRequest) -> HttpResponse:
     """The home timeline; ``?before=<tweet id>`` is the page older than that tweet (the "Older" link).
     Logged out, the front door: what this is, sign-up and log-in, and in demo mode the demo logins."""
     if not request.user.is_authenticated:
-        return render(request, "timeline/welcome.html", {"demo_logins": _demo_logins()})
+        logins = _demo_logins()
+        context = {"demo_logins": logins, "demo_pending": settings.DEMO_MODE and not logins}
+        return render(request, "timeline/welcome.html", context)
     raw = request.GET.get("before", "")
     try:
         before = validation.parse_int(raw, low=1) if raw else None

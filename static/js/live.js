@@ -30,7 +30,7 @@ const LABELS = {
   replaced: "Paused: open in another page",
 };
 // Close codes after which reconnecting cannot help (timeline/consumers.py).
-const CLOSE_UNAUTHENTICATED = 4401; // logged out, or the session expired
+const CLOSE_UNAUTHENTICATED = 4401; // logged out, the session ended or expired, the password changed
 const CLOSE_REPLACED = 4409; // this account opened too many sockets; this page's was the oldest
 
 const timeline = document.getElementById("timeline");
@@ -40,6 +40,10 @@ const viewingOlder = new URLSearchParams(location.search).has("before");
 
 let socket = null;
 let attempt = 0;
+// A socket closed with 4401 tries once more at once: its session may have been replaced by the
+// one the browser now holds (a login over it, a change of one's own password). A socket that
+// has heard from the server since is owed that try again.
+let triedAfterEnd = false;
 let reconnectTimer = null;
 let pingTimer = null;
 let paused = false; // set by the test hook: no reconnecting until resumed
@@ -322,6 +326,7 @@ function connect() {
     } catch {
       return;
     }
+    triedAfterEnd = false;
     if (indicator.dataset.liveState !== "connected") showState("connected"); // it is live after all
     if (event.type === "tweet.new") arrive([event.tweet]);
     else if (event.type === "tweet.deleted") forget(event.tweet_id);
@@ -333,6 +338,11 @@ function connect() {
   ws.addEventListener("close", (closed) => {
     clearInterval(pingTimer);
     if (socket === ws) socket = null;
+    if (closed.code === CLOSE_UNAUTHENTICATED && !triedAfterEnd && !paused) {
+      triedAfterEnd = true;
+      connect();
+      return;
+    }
     if (closed.code === CLOSE_UNAUTHENTICATED || closed.code === CLOSE_REPLACED) {
       // Stay away: a new socket would be refused again, or would push out another page's.
       paused = true;

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import make_password
 from django.core.management.base import BaseCommand
@@ -83,7 +84,9 @@ class Command(BaseCommand):
                 services.tweet_create(author=users[name], body=body, client_id=client_id, admission_control=False)
         built = lesson.prepare_audience(teacher)
 
-        self.stdout.write(self.style.SUCCESS("Demo data ready. Log in as:"))
+        # The line `make run` is up by: everything above exists now, so the first click works.
+        url = f"http://127.0.0.1:{settings.PORT}/"
+        self.stdout.write(self.style.SUCCESS(f"Ready on {url} with the demo data. Log in as:"))
         for name, password in [*PEOPLE.items(), POPULAR, MEGASTAR]:
             self.stdout.write(f"  {name:<10} {password}")
         self.stdout.write(f"  {STAFF[0]:<10} {STAFF[1]}   (staff: /admin/)")
