@@ -16,7 +16,7 @@ from django.test import Client
 
 from fanout import timelines
 from tests.conftest import get_json, session_cookie
-from timeline.asgi import application
+from tests.test_sessions import closed_with, open_socket
 from timeline.limits import InFlightLimit
 from timeline.models import Follow, Tweet
 
@@ -107,18 +107,7 @@ def test_the_mounted_rq_dashboard_cannot_be_made_to_fail(make_user, client_for):
 
 
 async def socket_for(user) -> WebsocketCommunicator:
-    cookie = await sync_to_async(session_cookie)(user)
-    headers = [(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1"), (b"cookie", cookie.encode())]
-    communicator = WebsocketCommunicator(application, "/ws/timeline/", headers=headers)
-    connected, _ = await communicator.connect(timeout=5)
-    assert connected
-    return communicator
-
-
-async def closed_with(communicator: WebsocketCommunicator) -> int:
-    message = await communicator.receive_output(timeout=5)
-    assert message["type"] == "websocket.close", message
-    return message["code"]
+    return await open_socket(await sync_to_async(session_cookie)(user))
 
 
 @pytest.mark.parametrize(
